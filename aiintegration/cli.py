@@ -1,0 +1,148 @@
+"""`aiintegration run` starts the whole stack; the other sub-commands are operator tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+def _wait_http(url: str, timeout_s: float) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback URL we built
+                if resp.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from aiintegration.embedded import EmbeddedValkey
+
+    env = dict(os.environ)
+    state = Path(env.setdefault("AII_STATE_DIR", str(Path(args.state_dir).resolve())))
+    state.mkdir(parents=True, exist_ok=True)
+    valkey = None
+    if not env.get("REDIS_URL"):
+        valkey = EmbeddedValkey(state / "valkey", port=args.redis_port, appendonly=True).start()
+        env["REDIS_URL"] = valkey.url
+    if not env.get("AII_API_TOKENS"):
+        env["AII_API_TOKENS"] = secrets.token_urlsafe(24)
+    if not env.get("AII_FLOWER_AUTH"):
+        env["AII_FLOWER_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
+    web_bind = env.setdefault("AII_WEB_BIND", f"127.0.0.1:{args.port}")
+    flower_port = env.setdefault("AII_FLOWER_PORT", str(args.flower_port))
+    procfile = Path(args.procfile).resolve()
+    honcho = shutil.which("honcho", path=str(Path(sys.executable).parent)) or "honcho"
+    proc = subprocess.Popen([honcho, "start", "-f", str(procfile), "-d", str(procfile.parent)], env=env,
+                            start_new_session=True)
+    token = env["AII_API_TOKENS"].split(",")[0]
+    api = f"http://{web_bind}"
+    try:
+        if _wait_http(f"{api}/healthz", 60):
+            user = env["AII_FLOWER_AUTH"].split(":")[0]
+            print(f"""
+aiintegration is running
+  API        {api}/v1        (docs: {api}/docs)
+  API token  {token}
+  Flower     http://127.0.0.1:{flower_port}   (user {user}, password in AII_FLOWER_AUTH: {env['AII_FLOWER_AUTH']})
+  Redis      {env['REDIS_URL']}{'   (embedded Valkey, data in ' + str(valkey.data_dir) + ')' if valkey else ''}
+
+Try it:
+  curl -s -X POST {api}/v1/tasks -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\
+       -d '{{"task_type":"text_generation","request_content":{{"prompt":"Hello"}},"requested_by":"readme"}}'
+  curl -s {api}/v1/tasks/<id> -H 'Authorization: Bearer {token}'
+
+Ctrl-C stops everything.
+""", flush=True)
+        else:
+            print("the web process did not answer /healthz within 60 s; see the log above", file=sys.stderr)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if valkey:
+            valkey.stop()
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from aiintegration.commands.context import get_context
+    from aiintegration.commands.create import create_generation_task
+
+    content = {"prompt": args.prompt} if args.task_type != "chat_completion" else {
+        "messages": [{"role": "user", "content": args.prompt}]}
+    task_id, created = create_generation_task(get_context(), task_type=args.task_type, request_content=content,
+                                              requested_by=args.requested_by, priority=args.priority)
+    _print({"id": task_id, "created": created})
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from aiintegration.commands.context import get_context
+    from aiintegration.commands.lifecycle import get_task
+    from aiintegration.domain.records import public
+    from aiintegration.domain.states import TaskStatus
+
+    ctx = get_context()
+    if args.task_id:
+        _print(public(get_task(ctx, args.task_id)))
+    else:
+        _print({status.value: ctx.tasks.count(status) for status in TaskStatus})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aiintegration", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start Valkey (unless REDIS_URL is set), web, worker, beat and Flower")
+    run.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    run.add_argument("--flower-port", type=int, default=5555)
+    run.add_argument("--redis-port", type=int, default=None, help="embedded Valkey port (default: a free one)")
+    run.add_argument("--state-dir", default="var", help="where the embedded Valkey keeps its data")
+    run.add_argument("--procfile", default="Procfile")
+    run.set_defaults(func=cmd_run)
+    submit = sub.add_parser("submit", help="create a generation task")
+    submit.add_argument("prompt")
+    submit.add_argument("--task-type", default="text_generation")
+    submit.add_argument("--requested-by", default="cli")
+    submit.add_argument("--priority", type=int, default=5)
+    submit.set_defaults(func=cmd_submit)
+    status = sub.add_parser("status", help="one task's record, or counts by status")
+    status.add_argument("task_id", nargs="?")
+    status.set_defaults(func=cmd_status)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except Exception as exc:  # noqa: BLE001 - operator tool: a message, not a traceback
+        from aiintegration.errors import AIIntegrationError
+
+        if isinstance(exc, AIIntegrationError):
+            print(f"error: {exc.message} {json.dumps(exc.details) if exc.details else ''}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

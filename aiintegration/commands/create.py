@@ -1,0 +1,50 @@
+"""CreateGenerationTask: validate, store as `queued`, enqueue, return the id at once."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiintegration.commands.context import Context
+from aiintegration.commands.routing import Router
+from aiintegration.domain.submission import validate_submission
+from aiintegration.errors import ValidationError
+
+log = logging.getLogger(__name__)
+
+
+def router(ctx: Context) -> Router:
+    from aiintegration.commands.breaker import breaker_open_check
+
+    return ctx.once("router", lambda: Router(ctx.providers, breaker_open=breaker_open_check(ctx)))
+
+
+def create_generation_task(
+    ctx: Context,
+    *,
+    task_type: Any,
+    request_content: Any,
+    requested_by: Any,
+    priority: Any = 5,
+    metadata: Any = None,
+    idempotency_key: Any = None,
+    options: Any = None,
+) -> tuple[str, bool]:
+    """Returns (task id, created). With an idempotency key seen in the last 24 h, returns
+    the first task's id and creates nothing (created=False)."""
+    s = ctx.settings
+    sub = validate_submission(
+        task_type=task_type, request_content=request_content, requested_by=requested_by, priority=priority,
+        metadata=metadata, options=options, idempotency_key=idempotency_key,
+        default_timeout_s=s.task_timeout_s, max_timeout_s=s.max_task_timeout_s, default_max_retries=s.max_retries,
+    )
+    pinned = sub.options.get("provider")
+    if pinned and not router(ctx).known(pinned):
+        raise ValidationError("unknown provider", details={"options.provider": f"no provider named {pinned!r}"})
+    task_id, created = ctx.tasks.create(sub, now=ctx.clock())
+    if created:
+        try:
+            ctx.enqueue(task_id, sub.priority, None)
+        except Exception:  # noqa: BLE001 - the record is stored; the pending sweep enqueues it
+            log.exception("enqueue failed; the pending-task sweep will pick the task up", extra={"task_id": task_id})
+    return task_id, created

@@ -1,0 +1,90 @@
+"""Settings read once from the environment (all `AII_*` variables listed in the README)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    return float(raw) if raw else default
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    return int(_float(env, name, default))
+
+
+def _list(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in env.get(name, default).split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "aii"
+    api_tokens: tuple[str, ...] = ()
+    providers: tuple[str, ...] = ("local",)
+    task_timeout_s: float = 300.0
+    max_task_timeout_s: float = 3600.0
+    max_retries: int = 3
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 60.0
+    retry_after_max_s: float = 120.0
+    breaker_fail_max: int = 5
+    breaker_reset_s: float = 30.0
+    visibility_timeout_s: float = 3900.0
+    lease_s: float = 30.0
+    local_latency_ms: float = 0.0
+    cleanup_interval_s: float = 300.0
+    dlq_interval_s: float = 1800.0
+    pending_interval_s: float = 60.0
+    pending_grace_s: float = 120.0
+    retention_s: int = 604800
+    idempotency_ttl_s: int = 86400
+    task_stream_maxlen: int = 2000
+    global_stream_maxlen: int = 100000
+    flower_auth: str = ""
+    webhook_secret: str = ""
+    webhook_allow_private: bool = False
+    log_json: bool = True
+    provider_env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        keep = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
+        return cls(
+            redis_url=env.get("REDIS_URL") or cls.redis_url,
+            key_prefix=env.get("AII_KEY_PREFIX") or cls.key_prefix,
+            api_tokens=_list(env, "AII_API_TOKENS", ""),
+            providers=_list(env, "AII_PROVIDERS", "local"),
+            task_timeout_s=_float(env, "AII_TASK_TIMEOUT_S", cls.task_timeout_s),
+            max_retries=_int(env, "AII_MAX_RETRIES", cls.max_retries),
+            backoff_base_s=_float(env, "AII_RETRY_BACKOFF_BASE_S", cls.backoff_base_s),
+            backoff_max_s=_float(env, "AII_RETRY_BACKOFF_MAX_S", cls.backoff_max_s),
+            retry_after_max_s=_float(env, "AII_RETRY_AFTER_MAX_S", cls.retry_after_max_s),
+            breaker_fail_max=_int(env, "AII_BREAKER_FAIL_MAX", cls.breaker_fail_max),
+            breaker_reset_s=_float(env, "AII_BREAKER_RESET_S", cls.breaker_reset_s),
+            visibility_timeout_s=_float(env, "AII_VISIBILITY_TIMEOUT_S", cls.visibility_timeout_s),
+            lease_s=_float(env, "AII_LEASE_S", cls.lease_s),
+            local_latency_ms=_float(env, "AII_LOCAL_LATENCY_MS", cls.local_latency_ms),
+            cleanup_interval_s=_float(env, "AII_CLEANUP_INTERVAL_S", cls.cleanup_interval_s),
+            dlq_interval_s=_float(env, "AII_DLQ_INTERVAL_S", cls.dlq_interval_s),
+            pending_interval_s=_float(env, "AII_PENDING_INTERVAL_S", cls.pending_interval_s),
+            pending_grace_s=_float(env, "AII_PENDING_GRACE_S", cls.pending_grace_s),
+            retention_s=_int(env, "AII_RETENTION_S", cls.retention_s),
+            flower_auth=env.get("AII_FLOWER_AUTH", ""),
+            webhook_secret=env.get("AII_WEBHOOK_SECRET", ""),
+            webhook_allow_private=env.get("AII_WEBHOOK_ALLOW_PRIVATE", "") in ("1", "true", "yes"),
+            log_json=env.get("AII_LOG_FORMAT", "json") == "json",
+            provider_env={k: env[k] for k in keep if env.get(k)},
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests build their own `Settings` instead."""
+    return Settings.from_env()

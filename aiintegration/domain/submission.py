@@ -1,0 +1,150 @@
+"""Validation of a CreateGenerationTask request: pure, raises `ValidationError`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiintegration.errors import PayloadTooLarge, ValidationError
+
+TASK_TYPES = ("text_generation", "image_generation", "chat_completion")
+CHAT_ROLES = ("system", "user", "assistant")
+MAX_CONTENT_BYTES = 256 * 1024
+MAX_METADATA_BYTES = 16 * 1024
+MAX_REQUESTED_BY = 200
+MAX_IDEMPOTENCY_KEY = 200
+OPTION_KEYS = {"provider", "timeout_s", "max_retries", "retry_on_timeout", "stream", "callback_url"}
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A request that passed validation, with defaults filled in."""
+
+    task_type: str
+    request_content: dict[str, Any]
+    requested_by: str
+    priority: int = 5
+    metadata: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+
+    @property
+    def timeout_s(self) -> float:
+        return float(self.options["timeout_s"])
+
+    @property
+    def max_retries(self) -> int:
+        return int(self.options["max_retries"])
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_content(task_type: str, content: Any, errors: dict[str, str]) -> None:
+    if not isinstance(content, dict):
+        errors["request_content"] = "must be a JSON object"
+        return
+    if task_type == "chat_completion":
+        messages = content.get("messages")
+        if not isinstance(messages, list) or not messages:
+            errors["request_content.messages"] = "must be a non-empty list of {role, content}"
+            return
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES or not isinstance(m.get("content"), str):
+                errors[f"request_content.messages[{i}]"] = f"needs role in {list(CHAT_ROLES)} and string content"
+    else:
+        prompt = content.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            errors["request_content.prompt"] = "must be a non-empty string"
+    if "system" in content and not isinstance(content["system"], str):
+        errors["request_content.system"] = "must be a string"
+    if "model" in content and not isinstance(content["model"], str):
+        errors["request_content.model"] = "must be a string"
+    if "max_tokens" in content and not (_is_int(content["max_tokens"]) and 1 <= content["max_tokens"] <= 200_000):
+        errors["request_content.max_tokens"] = "must be an integer from 1 to 200000"
+    if task_type == "image_generation" and "size" in content:
+        size = content["size"]
+        if not (isinstance(size, str) and len(size.split("x")) == 2 and all(p.isdigit() for p in size.split("x"))):
+            errors["request_content.size"] = "must look like '1024x1024'"
+
+
+def _check_options(options: Any, *, default_timeout_s: float, max_timeout_s: float, default_max_retries: int,
+                   errors: dict[str, str]) -> dict[str, Any]:
+    if not isinstance(options, dict):
+        errors["options"] = "must be a JSON object"
+        return {}
+    unknown = sorted(set(options) - OPTION_KEYS)
+    if unknown:
+        errors["options"] = f"unknown option(s): {', '.join(unknown)}"
+    out: dict[str, Any] = {
+        "provider": None, "timeout_s": default_timeout_s, "max_retries": default_max_retries,
+        "retry_on_timeout": True, "stream": False, "callback_url": None,
+    }
+    out.update({k: v for k, v in options.items() if k in OPTION_KEYS and v is not None})
+    if out["provider"] is not None and not (isinstance(out["provider"], str) and out["provider"]):
+        errors["options.provider"] = "must be a provider name"
+    timeout = out["timeout_s"]
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 1 <= timeout <= max_timeout_s:
+        errors["options.timeout_s"] = f"must be a number of seconds from 1 to {max_timeout_s:g}"
+    if not (_is_int(out["max_retries"]) and 0 <= out["max_retries"] <= 10):
+        errors["options.max_retries"] = "must be an integer from 0 to 10"
+    for flag in ("retry_on_timeout", "stream"):
+        if not isinstance(out[flag], bool):
+            errors[f"options.{flag}"] = "must be true or false"
+    url = out["callback_url"]
+    if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://")) and len(url) <= 2048):
+        errors["options.callback_url"] = "must be an http(s) URL"
+    return out
+
+
+def validate_submission(
+    *,
+    task_type: Any,
+    request_content: Any,
+    requested_by: Any,
+    priority: Any = 5,
+    metadata: Any = None,
+    options: Any = None,
+    idempotency_key: Any = None,
+    default_timeout_s: float = 300.0,
+    max_timeout_s: float = 3600.0,
+    default_max_retries: int = 3,
+) -> Submission:
+    """Check every field, collect all problems, and raise once with all of them."""
+    errors: dict[str, str] = {}
+    if task_type not in TASK_TYPES:
+        errors["task_type"] = f"must be one of {', '.join(TASK_TYPES)}"
+    elif request_content is not None:
+        _check_content(task_type, request_content, errors)
+    if request_content is None:
+        errors["request_content"] = "is required"
+    if not isinstance(requested_by, str) or not requested_by.strip() or len(requested_by) > MAX_REQUESTED_BY:
+        errors["requested_by"] = f"must be a non-empty string of at most {MAX_REQUESTED_BY} characters"
+    if priority is None:
+        priority = 5
+    if not (_is_int(priority) and 0 <= priority <= 9):
+        errors["priority"] = "must be an integer from 0 (least urgent) to 9 (most urgent)"
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict):
+        errors["metadata"] = "must be a JSON object"
+    if idempotency_key is not None and not (
+        isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
+    ):
+        errors["idempotency_key"] = f"must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters"
+    opts = _check_options({} if options is None else options, default_timeout_s=default_timeout_s,
+                          max_timeout_s=max_timeout_s, default_max_retries=default_max_retries, errors=errors)
+    if errors:
+        raise ValidationError("the task request is invalid", details=errors)
+    if _size(request_content) > MAX_CONTENT_BYTES:
+        raise PayloadTooLarge(f"request_content is over {MAX_CONTENT_BYTES // 1024} KiB serialized",
+                              details={"request_content": "too large"})
+    if _size(metadata) > MAX_METADATA_BYTES:
+        raise PayloadTooLarge(f"metadata is over {MAX_METADATA_BYTES // 1024} KiB serialized",
+                              details={"metadata": "too large"})
+    return Submission(task_type, request_content, requested_by.strip(), priority, metadata, opts, idempotency_key)

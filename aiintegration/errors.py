@@ -1,0 +1,156 @@
+"""The one error tree of aiintegration.
+
+Provider adapters translate SDK exceptions into it at their boundary; nothing above
+them imports an SDK exception. The retry policy only ever asks "transient or not"::
+
+    AIIntegrationError
+    ├── TransientError            retried with backoff, then dead-lettered
+    │   ├── RateLimited           429; carries retry_after (seconds) when the provider sent one
+    │   ├── ProviderUnavailable   5xx, overloaded, connection refused or dropped
+    │   └── ProviderTimeout       the provider did not answer in time
+    ├── PermanentError            straight to the dead-letter queue
+    │   ├── InvalidRequest        400/404/422, a request the provider will never accept
+    │   ├── AuthenticationFailed  401/403
+    │   ├── UnsupportedCapability the provider cannot do this task type
+    │   └── ContentRejected       content policy
+    ├── TaskTimedOut              an attempt ran past its deadline
+    ├── TaskCancelled             the task was cancelled while it ran
+    ├── ValidationError           bad input from a caller (HTTP 422, or 413 when too large)
+    ├── NotFound                  no such task, session, DLQ entry or provider (HTTP 404)
+    └── Conflict                  the thing exists but is in the wrong state (HTTP 409)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AIIntegrationError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    code = "error"
+    http_status = 500
+    retryable = False
+
+    def __init__(self, message: str, *, provider: str | None = None, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.details = details or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `error` object stored on a task record and sent to callers."""
+        return {
+            "code": self.code,
+            "class": type(self).__name__,
+            "message": self.message,
+            "provider": self.provider,
+            "retryable": self.retryable,
+        }
+
+
+class TransientError(AIIntegrationError):
+    """A failure that may go away by itself: retried with backoff."""
+
+    code = "transient_error"
+    http_status = 503
+    retryable = True
+
+
+class RateLimited(TransientError):
+    """The provider asked us to slow down (HTTP 429)."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ProviderUnavailable(TransientError):
+    """The provider is down, overloaded, or the connection failed."""
+
+    code = "provider_unavailable"
+
+
+class ProviderTimeout(TransientError):
+    """The provider did not answer within the attempt's time budget."""
+
+    code = "provider_timeout"
+    http_status = 504
+
+
+class PermanentError(AIIntegrationError):
+    """A failure that retrying will not fix: dead-lettered at once."""
+
+    code = "permanent_error"
+    http_status = 400
+
+
+class InvalidRequest(PermanentError):
+    """The provider rejected the request as malformed (400/404/422)."""
+
+    code = "invalid_request"
+
+
+class AuthenticationFailed(PermanentError):
+    """The provider refused our credentials (401/403)."""
+
+    code = "authentication_failed"
+    http_status = 401
+
+
+class UnsupportedCapability(PermanentError):
+    """The provider cannot perform this task type (e.g. Anthropic images)."""
+
+    code = "unsupported_capability"
+
+
+class ContentRejected(PermanentError):
+    """The provider refused the content under its usage policy."""
+
+    code = "content_rejected"
+
+
+class TaskTimedOut(AIIntegrationError):
+    """An attempt was still running at its deadline."""
+
+    code = "timed_out"
+    http_status = 504
+    retryable = True
+
+
+class TaskCancelled(AIIntegrationError):
+    """The task was cancelled while an attempt was running."""
+
+    code = "cancelled"
+    http_status = 409
+
+
+class ValidationError(AIIntegrationError):
+    """Caller input failed validation; `details` maps fields to messages."""
+
+    code = "validation_error"
+    http_status = 422
+
+
+class PayloadTooLarge(ValidationError):
+    """A caller's payload is over its size cap."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
+class NotFound(AIIntegrationError):
+    """No such task, session, DLQ entry or provider."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(AIIntegrationError):
+    """The object exists but its current state forbids the operation."""
+
+    code = "conflict"
+    http_status = 409

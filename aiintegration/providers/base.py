@@ -1,0 +1,150 @@
+"""The one interface every provider adapter implements, and the shapes it trades in.
+
+An adapter turns a `GenerationRequest` into a `Generation` (or a stream of text deltas
+ending in a `Generation`) and raises only the error tree of `aiintegration.errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+TASK_TYPES = ("text_generation", "image_generation", "chat_completion")
+
+ShouldStop = Callable[[], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """What a provider needs to talk to its endpoint. `api_key` is write-only: see `public()`."""
+
+    name: str
+    kind: str  # "openai" | "anthropic" | "openai_compatible" | "local"
+    api_key: str | None = None
+    base_url: str | None = None
+    models: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: float = 120.0
+    enabled: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def with_changes(self, **changes: Any) -> ProviderConfig:
+        return replace(self, **changes)
+
+    def public(self) -> dict[str, Any]:
+        """The config as callers may see it: the key reduced to `sk-…abcd`."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "enabled": self.enabled,
+            "models": dict(self.models),
+            "base_url": self.base_url,
+            "api_key": redact_key(self.api_key),
+            "timeout_s": self.timeout_s,
+        }
+
+
+def redact_key(key: str | None) -> str | None:
+    """`sk-proj-abcdef…wxyz` → `sk-…wxyz`; short keys show nothing of themselves."""
+    if not key:
+        return None
+    prefix = key.split("-", 1)[0] + "-" if "-" in key[:8] else ""
+    tail = key[-4:] if len(key) >= 16 else ""
+    return f"{prefix}…{tail}"
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One attempt's request, already validated by the domain layer."""
+
+    task_type: str
+    content: Mapping[str, Any]
+    timeout_s: float
+    model: str | None = None
+
+    def system_and_messages(self) -> tuple[str | None, list[dict[str, str]]]:
+        """Normalize text and chat content to (system prompt, [{role, content}])."""
+        system = self.content.get("system")
+        if self.task_type == "chat_completion":
+            messages = []
+            for m in self.content.get("messages", []):
+                if m["role"] == "system":
+                    system = m["content"] if system is None else f"{system}\n\n{m['content']}"
+                else:
+                    messages.append({"role": m["role"], "content": m["content"]})
+            return system, messages
+        return system, [{"role": "user", "content": str(self.content.get("prompt", ""))}]
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.content.get("max_tokens") or 1024)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """A finished answer; `to_result()` is the SPEC §3 result shape."""
+
+    provider: str
+    model: str
+    text: str | None = None
+    images: tuple[Mapping[str, str], ...] = ()
+    usage: Usage = Usage()
+    finish_reason: str | None = None
+
+    def to_result(self) -> dict[str, Any]:
+        if self.text is None:
+            return {"images": [dict(i) for i in self.images], "model": self.model, "provider": self.provider}
+        return {
+            "text": self.text,
+            "model": self.model,
+            "provider": self.provider,
+            "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens},
+            "finish_reason": self.finish_reason,
+        }
+
+
+class Provider:
+    """Base adapter. Subclasses set `kind` and `capabilities` and implement `generate`."""
+
+    kind: ClassVar[str] = ""
+    capabilities: ClassVar[frozenset[str]] = frozenset(TASK_TYPES)
+    default_models: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, config: ProviderConfig):
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def supports(self, task_type: str) -> bool:
+        return task_type in self.capabilities
+
+    def model_for(self, request: GenerationRequest) -> str:
+        return (
+            request.model
+            or request.content.get("model")
+            or self.config.models.get(request.task_type)
+            or self.default_models.get(request.task_type, "")
+        )
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        raise NotImplementedError
+
+    def stream(self, request: GenerationRequest, should_stop: ShouldStop) -> Iterator[str | Generation]:
+        """Yield text deltas, then the final `Generation`. Adapters with a streaming API
+        override this and check `should_stop()` between chunks."""
+        generation = self.generate(request)
+        if generation.text:
+            yield generation.text
+        yield generation
+
+    def check(self) -> None:
+        """A cheap live call proving the config works; raises the error tree if not."""
+        self.generate(GenerationRequest("text_generation", {"prompt": "ping", "max_tokens": 1}, timeout_s=10))

@@ -1,0 +1,133 @@
+"""Lua scripts: every task-state change is one script, so it is atomic and emits its event.
+
+Keys are built inside the scripts from the prefix (ARGV[1]); this targets a single Redis
+(or a Sentinel-managed primary), not Redis Cluster.
+"""
+
+_EMIT = """
+local function emit(tstream, gstream, tmax, gmax, etype, data)
+  if etype == '' then return end
+  redis.call('XADD', tstream, 'MAXLEN', '~', tmax, '*', 'type', etype, 'data', data)
+  redis.call('XADD', gstream, 'MAXLEN', '~', gmax, '*', 'type', etype, 'data', data)
+end
+local function move_status(p, id, old, new, created)
+  if old ~= '' then redis.call('ZREM', p .. ':idx:status:' .. old, id) end
+  redis.call('ZADD', p .. ':idx:status:' .. new, created, id)
+end
+"""
+
+# KEYS: task, task stream, global stream, idempotency key ('' for none)
+# ARGV: prefix, id, created, idem ttl, requested_by, event data, tmax, gmax, field, value, ...
+CREATE = _EMIT + """
+local p, id = ARGV[1], ARGV[2]
+if KEYS[4] ~= '' then
+  local existing = redis.call('GET', KEYS[4])
+  if existing and redis.call('EXISTS', p .. ':task:' .. existing) == 1 then return {0, existing} end
+  redis.call('SET', KEYS[4], id, 'EX', ARGV[4])
+end
+local fields = {}
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('ZADD', p .. ':idx:tasks', ARGV[3], id)
+redis.call('ZADD', p .. ':idx:by:' .. ARGV[5], ARGV[3], id)
+move_status(p, id, '', 'queued', ARGV[3])
+emit(KEYS[2], KEYS[3], ARGV[7], ARGV[8], 'task.created', ARGV[6])
+return {1, id}
+"""
+
+# KEYS: task, task stream, global stream
+# ARGV: prefix, now, now iso, worker_id, run_id, lease_s, max_processing_time, tmax, gmax
+# Claims a queued task, a retrying task that is due, or a running task whose lease has
+# expired (its worker died). Returns {1, old status, hash...} or {0, current status}.
+CLAIM = _EMIT + """
+local p, now = ARGV[1], tonumber(ARGV[2])
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {0, ''} end
+local ok, recovered = false, false
+if st == 'queued' then ok = true
+elseif st == 'retrying' then ok = (tonumber(redis.call('HGET', KEYS[1], 'retry_at')) or 0) <= now + 1
+elseif st == 'running' then
+  recovered = (tonumber(redis.call('HGET', KEYS[1], 'lease_until')) or 0) < now
+  ok = recovered
+end
+if not ok then return {0, st} end
+local id = redis.call('HGET', KEYS[1], 'id')
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local timeout = math.min(tonumber(redis.call('HGET', KEYS[1], 'timeout_s')) or 300, tonumber(ARGV[7]))
+local deadline = now + timeout
+local lease = now + tonumber(ARGV[6])
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker_id', ARGV[4], 'run_id', ARGV[5],
+  'started_at', ARGV[2], 'updated_at', ARGV[2], 'lease_until', lease, 'deadline_at', deadline, 'retry_at', '')
+redis.call('ZADD', p .. ':idx:deadline', deadline, id)
+redis.call('ZADD', p .. ':idx:lease', lease, id)
+redis.call('ZREM', p .. ':idx:retry', id)
+move_status(p, id, st, 'running', redis.call('HGET', KEYS[1], 'created_at'))
+emit(KEYS[2], KEYS[3], ARGV[8], ARGV[9], 'task.started', cjson.encode({type = 'task.started', at = ARGV[3],
+  task_id = id, attempt = attempt, worker_id = ARGV[4], recovered = recovered}))
+local out = {1, st}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all do out[#out + 1] = all[i] end
+return out
+"""
+
+# KEYS: task, task stream, global stream
+# ARGV: prefix, from (comma list), to, require field, require value, now, ttl (>0 expire,
+#       -1 persist, 0 leave), n events, (unused), tmax, gmax, retry_at, dlq entry,
+#       then n (type, data) pairs, then field, value, ...
+# Returns {1, old status} or {0, current status ('' when the task does not exist)}.
+TRANSITION = _EMIT + """
+local p, to, now = ARGV[1], ARGV[3], ARGV[6]
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {0, ''} end
+local allowed = false
+for s in string.gmatch(ARGV[2], '[^,]+') do if s == st then allowed = true end end
+if not allowed then return {0, st} end
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], ARGV[4]) ~= ARGV[5] then return {0, st} end
+local id = redis.call('HGET', KEYS[1], 'id')
+local nev = tonumber(ARGV[8])
+local fields = {'status', to, 'updated_at', now}
+for i = 14 + 2 * nev, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+if to ~= 'running' then
+  redis.call('ZREM', p .. ':idx:deadline', id)
+  redis.call('ZREM', p .. ':idx:lease', id)
+end
+if to == 'retrying' then redis.call('ZADD', p .. ':idx:retry', ARGV[12], id)
+else redis.call('ZREM', p .. ':idx:retry', id) end
+if ARGV[13] ~= '' then
+  redis.call('HSET', p .. ':dlq', id, ARGV[13])
+  redis.call('ZADD', p .. ':idx:dlq', now, id)
+end
+local ttl = tonumber(ARGV[7])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('ZADD', p .. ':idx:expiry', tonumber(now) + ttl, id)
+elseif ttl < 0 then
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
+  redis.call('ZREM', p .. ':idx:expiry', id)
+end
+move_status(p, id, st, to, redis.call('HGET', KEYS[1], 'created_at'))
+for i = 0, nev - 1 do emit(KEYS[2], KEYS[3], ARGV[10], ARGV[11], ARGV[14 + 2 * i], ARGV[15 + 2 * i]) end
+return {1, st}
+"""
+
+# KEYS: task keys. ARGV: prefix, lease_until, run_id per key.
+# Extends the lease of attempts that still own their task; returns, per key, 'ok' or the
+# task's status ('' if gone) so the worker can stop attempts that were cancelled.
+HEARTBEAT = """
+local p, lease = ARGV[1], ARGV[2]
+local out = {}
+for i, key in ipairs(KEYS) do
+  local st, run = unpack(redis.call('HMGET', key, 'status', 'run_id'))
+  if st == 'running' and run == ARGV[i + 2] then
+    redis.call('HSET', key, 'lease_until', lease)
+    redis.call('ZADD', p .. ':idx:lease', 'XX', lease, redis.call('HGET', key, 'id'))
+    out[i] = 'ok'
+  else
+    out[i] = st or ''
+  end
+end
+return out
+"""

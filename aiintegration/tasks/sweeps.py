@@ -1,0 +1,1 @@
+"""The beat sweeps (bodies in `commands.sweeps`)."""

@@ -1,0 +1,55 @@
+"""The Flask app factory: `gunicorn 'aiintegration.web:create_app()'`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+from flask_smorest import Api
+
+from aiintegration.commands.context import Context, get_context
+from aiintegration.config import Settings
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """`config` may carry `AII_SETTINGS` (a Settings) or `AII_CONTEXT` (a Context) for tests."""
+    app = Flask("aiintegration")
+    app.config.update(
+        API_TITLE="aiintegration",
+        API_VERSION="1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        JSON_SORT_KEYS=False,
+    )
+    app.config.update(config or {})
+    ctx: Context = app.config.get("AII_CONTEXT") or (
+        Context.from_settings(app.config["AII_SETTINGS"]) if "AII_SETTINGS" in app.config else get_context())
+    app.extensions["aiintegration"] = ctx
+    from aiintegration.celery_app import app as celery
+
+    app.extensions["celery"] = celery
+
+    api = Api(app, spec_kwargs={"components": {"securitySchemes": {
+        "bearer": {"type": "http", "scheme": "bearer"}}}})
+    from aiintegration.web import errors, health, tasks
+
+    api.register_blueprint(tasks.blp)
+    app.register_blueprint(health.bp)
+    errors.install(app, ctx.settings)
+    return app
+
+
+def context() -> Context:
+    from flask import current_app
+
+    ctx: Context = current_app.extensions["aiintegration"]
+    return ctx
+
+
+__all__ = ["create_app", "context", "Settings"]

@@ -1,0 +1,68 @@
+"""Celery configuration for aiintegration (loaded by `aiintegration.celery_app`).
+
+Every value can be tuned from the environment; the README lists the variables.
+"""
+
+import os
+
+from aiintegration.config import get_settings
+
+_s = get_settings()
+
+broker_url = _s.redis_url
+result_backend = _s.redis_url
+broker_connection_retry_on_startup = True
+
+# JSON only: no pickle on the wire.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+
+# At-least-once delivery: ack after the task body ran, give the message back if the worker
+# process dies. Duplicates are harmless: the claim in Redis lets only one attempt run.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_track_started = False
+task_ignore_result = True  # the task record in Redis is the result store
+result_expires = _s.retention_s
+
+# Redis transport: priority lists 0..9 served most urgent first (0 = most urgent on the
+# broker; the API's 9 maps to 0). The visibility timeout is above the longest deadline so a
+# slow task is never handed to a second worker while the first still runs it.
+broker_transport_options = {
+    "priority_steps": list(range(10)),
+    "sep": ":",
+    "queue_order_strategy": "priority",
+    "visibility_timeout": _s.visibility_timeout_s,
+    # After a worker dies its unacked messages come back once the visibility timeout has
+    # passed and a restore sweep runs (every interval × throttle seconds).
+    "unacked_restore_interval": float(os.environ.get("AII_UNACKED_RESTORE_INTERVAL_S", "10")),
+    "unacked_restore_throttle": int(os.environ.get("AII_UNACKED_RESTORE_THROTTLE", "10")),
+}
+result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
+task_default_priority = 4  # API priority 5
+
+task_default_queue = "celery"
+worker_send_task_events = True
+task_send_sent_event = True
+worker_hijack_root_logger = False
+worker_cancel_long_running_tasks_on_connection_loss = False
+
+beat_schedule = {
+    "process-pending-tasks": {
+        "task": "aiintegration.process_pending_tasks",
+        "schedule": _s.pending_interval_s,
+        "options": {"priority": 0, "expires": _s.pending_interval_s},
+    },
+    "cleanup-timed-out-tasks": {
+        "task": "aiintegration.cleanup_timed_out_tasks",
+        "schedule": _s.cleanup_interval_s,
+        "options": {"priority": 0, "expires": _s.cleanup_interval_s},
+    },
+    "process-dead-letter-queue": {
+        "task": "aiintegration.process_dead_letter_queue",
+        "schedule": _s.dlq_interval_s,
+        "options": {"priority": 0, "expires": _s.dlq_interval_s},
+    },
+}

@@ -1,0 +1,116 @@
+"""Submission to result through the REST API, the Redis store and a real Celery worker."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from tests.support import Worker, events_of, wait_status
+
+
+@pytest.fixture(scope="module", autouse=True)
+def worker(db):
+    with Worker(db, concurrency=8) as w:
+        yield w
+
+
+def submit(client, auth, **overrides):
+    body = {"task_type": "text_generation", "request_content": {"prompt": "Tell me about ducks"},
+            "requested_by": "catalog-service", **overrides}
+    return client.post("/v1/tasks", json=body, headers=auth)
+
+
+def test_a_text_task_goes_from_submission_to_a_local_result(client, auth, ctx):
+    resp = submit(client, auth, metadata={"order": 42})
+    assert resp.status_code == 202, resp.json
+    task_id = resp.json["id"]
+    assert resp.json["status"] == "queued"
+    wait_status(ctx, task_id, ["succeeded"], timeout_s=10)
+    record = client.get(f"/v1/tasks/{task_id}", headers=auth).json
+    assert record["status"] == "succeeded"
+    assert record["result"]["provider"] == "local"
+    assert record["result"]["text"]
+    assert record["result"]["usage"]["output_tokens"] > 0
+    assert record["metadata"] == {"order": 42}
+    assert record["attempts"] == 1
+    assert record["created_at"].endswith("Z") and record["finished_at"].endswith("Z")
+    assert record["error"] is None
+    kinds = [e["type"] for e in events_of(ctx, task_id)]
+    assert kinds == ["task.created", "task.started", "task.succeeded"]
+
+
+def test_the_local_provider_is_deterministic(client, auth, ctx):
+    ids = [submit(client, auth, request_content={"prompt": "same words"}).json["id"] for _ in range(2)]
+    texts = [wait_status(ctx, i, ["succeeded"])["result"]["text"] for i in ids]
+    assert texts[0] == texts[1]
+
+
+def test_an_image_task_returns_a_png(client, auth, ctx):
+    resp = submit(client, auth, task_type="image_generation", request_content={"prompt": "a red square"})
+    record = wait_status(ctx, resp.json["id"], ["succeeded"])
+    png = base64.b64decode(record["result"]["images"][0]["b64_png"])
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_a_chat_completion_task_answers(client, auth, ctx):
+    content = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}
+    resp = submit(client, auth, task_type="chat_completion", request_content=content)
+    assert wait_status(ctx, resp.json["id"], ["succeeded"])["result"]["finish_reason"] == "stop"
+
+
+def test_a_repeated_idempotency_key_returns_the_first_task(client, auth, ctx):
+    headers = {**auth, "Idempotency-Key": "order-7781"}
+    first = client.post("/v1/tasks", json={"task_type": "text_generation", "request_content": {"prompt": "x"},
+                                           "requested_by": "svc"}, headers=headers)
+    again = client.post("/v1/tasks", json={"task_type": "text_generation", "request_content": {"prompt": "x"},
+                                           "requested_by": "svc"}, headers=headers)
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json["id"] == first.json["id"]
+    items = client.get("/v1/tasks?requested_by=svc&limit=50", headers=auth).json["items"]
+    assert [i["id"] for i in items].count(first.json["id"]) == 1
+    assert len(items) == 1
+
+
+def test_listing_is_newest_first_and_paginates_without_gaps(client, auth, ctx):
+    ids = [submit(client, auth, requested_by="lister").json["id"] for _ in range(7)]
+    seen, cursor = [], None
+    while True:
+        url = "/v1/tasks?requested_by=lister&limit=3" + (f"&cursor={cursor}" if cursor else "")
+        page = client.get(url, headers=auth).json
+        seen += [i["id"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == list(reversed(ids))
+
+
+def test_another_service_can_submit_with_send_task_by_name(ctx):
+    from tests.support import celery_for
+
+    celery = celery_for(ctx.settings.redis_url)
+    async_result = celery.send_task("aiintegration.create_generation_task", kwargs={
+        "task_type": "text_generation", "request_content": {"prompt": "from another service"},
+        "requested_by": "billing-service", "priority": 7})
+    reply = async_result.get(timeout=10)
+    assert reply["ok"] is True
+    assert wait_status(ctx, reply["id"], ["succeeded"])["priority"] == 7
+
+
+def test_send_task_with_bad_input_gets_a_clear_error_back(ctx):
+    from tests.support import celery_for
+
+    reply = celery_for(ctx.settings.redis_url).send_task("aiintegration.create_generation_task", kwargs={
+        "task_type": "video", "request_content": {"prompt": "x"}, "requested_by": "svc"}).get(timeout=10)
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "validation_error" and "task_type" in reply["error"]["details"]
+
+
+def test_a_stored_record_survives_a_json_round_trip_unchanged(client, auth, ctx):
+    content = {"prompt": "ünïcödé ✓ \"quotes\" \n newline", "max_tokens": 5}
+    meta = {"nested": {"list": [], "empty": {}, "n": 1.5, "flag": False}}
+    resp = submit(client, auth, request_content=content, metadata=meta)
+    record = client.get(f"/v1/tasks/{resp.json['id']}", headers=auth).json
+    assert record["request_content"] == content
+    assert json.dumps(record["metadata"], sort_keys=True) == json.dumps(meta, sort_keys=True)

@@ -1,0 +1,129 @@
+"""Test helpers: real Celery worker subprocesses, per-test Redis databases, polling."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from aiintegration.commands.context import Context
+from aiintegration.config import Settings
+from aiintegration.domain.states import to_broker_priority
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def redis_url(db: int) -> str:
+    base = os.environ["AII_TEST_REDIS_BASE"]
+    return f"{base}/{db}"
+
+
+def celery_for(url: str) -> Celery:
+    app = Celery("aiintegration-test", set_as_current=False)
+    app.config_from_object("celeryconfig")
+    app.conf.broker_url = url
+    app.conf.result_backend = url
+    return app
+
+
+def make_context(db: int, **settings: Any) -> Context:
+    url = redis_url(db)
+    s = Settings.from_env({**os.environ, "REDIS_URL": url})
+    if settings:
+        s = Settings(**{**s.__dict__, **settings})
+    app = celery_for(url)
+
+    def enqueue(task_id: str, priority: int, countdown: float | None = None) -> None:
+        app.send_task("aiintegration.process_task", kwargs={"task_id": task_id},
+                      priority=to_broker_priority(priority), countdown=countdown or None)
+
+    return Context.from_settings(s, enqueue=enqueue)
+
+
+class Worker:
+    """A real `celery worker` process on its own Redis database; SIGKILL-able."""
+
+    def __init__(self, db: int, *, concurrency: int = 8, env: dict[str, str] | None = None, name: str = "w"):
+        self.db = db
+        self.concurrency = concurrency
+        self.env = {**os.environ, "REDIS_URL": redis_url(db), "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = Path(os.environ["AII_TEST_TMP"]) / f"worker-{db}-{name}-{time.time_ns()}.log"
+
+    def start(self, timeout_s: float = 30) -> Worker:
+        cmd = [sys.executable, "-m", "celery", "-A", "aiintegration.celery_app", "worker", "-P", "threads",
+               "-c", str(self.concurrency), "-E", "-l", "INFO", "-n", f"{self.name}-{self.db}-{os.getpid()}@%h",
+               "--without-gossip", "--without-mingle"]
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if " ready." in self.log.read_text(errors="replace"):
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"worker did not start:\n{self.log.read_text(errors='replace')[-3000:]}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout_s: float = 20) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 15, interval_s: float = 0.05,
+             what: str = "condition") -> Any:
+    end = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def wait_status(ctx: Context, task_id: str, statuses: Iterable[str], timeout_s: float = 15) -> dict[str, Any]:
+    wanted = set(statuses)
+
+    def check() -> dict[str, Any] | None:
+        rec = ctx.tasks.get(task_id)
+        return rec if rec and rec["status"] in wanted else None
+
+    try:
+        return wait_for(check, timeout_s=timeout_s, what=f"task {task_id} in {sorted(wanted)}")
+    except AssertionError:
+        rec = ctx.tasks.get(task_id)
+        raise AssertionError(f"task {task_id} is {rec and rec['status']} (want {sorted(wanted)}): {rec}") from None
+
+
+def events_of(ctx: Context, task_id: str) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(f["data"]) for _, f in ctx.redis.xrange(ctx.tasks.stream_key(task_id))]
