@@ -12,8 +12,9 @@ PUBLIC_FIELDS = (
     "created_at", "started_at", "finished_at", "updated_at", "deadline_at",
 )
 JSON_FIELDS = frozenset({"request_content", "metadata", "options", "result", "error"})
-INT_FIELDS = frozenset({"priority", "attempts", "max_retries", "auto_retries"})
-TIME_FIELDS = frozenset({"created_at", "started_at", "finished_at", "updated_at", "deadline_at", "retry_at"})
+INT_FIELDS = frozenset({"priority", "attempts", "max_retries", "auto_retries", "budget_from"})
+TIME_FIELDS = frozenset({"created_at", "started_at", "finished_at", "updated_at", "deadline_at"})
+FLOAT_FIELDS = TIME_FIELDS | {"retry_at", "enqueued_at", "lease_until", "timeout_s"}
 
 
 def iso(ts: float | None) -> str | None:
@@ -37,7 +38,7 @@ def decode(raw: dict[str, str]) -> dict[str, Any]:
             out[key] = json.loads(value)
         elif key in INT_FIELDS:
             out[key] = int(value)
-        elif key in TIME_FIELDS or key == "lease_until":
+        elif key in FLOAT_FIELDS:
             out[key] = float(value)
         else:
             out[key] = value

@@ -1,0 +1,108 @@
+"""The beat sweeps against a real Redis, with records placed in the states they handle and
+an injected clock instead of minutes of sleeping."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+from aiintegration.commands import sweeps
+from aiintegration.commands.create import create_generation_task
+from aiintegration.commands.failures import handle_failure
+from aiintegration.errors import InvalidRequest, ProviderUnavailable
+from tests.support import events_of
+
+
+def new_task(ctx, **options):
+    task_id, _ = create_generation_task(ctx, task_type="text_generation", request_content={"prompt": "sweep"},
+                                        requested_by="sweeper", options=options or None)
+    return task_id
+
+
+def at(ctx, offset_s):
+    return dataclasses.replace(ctx, clock=lambda: time.time() + offset_s)
+
+
+def test_cleanup_times_out_a_task_running_past_its_deadline_and_retries_it(ctx):
+    task_id = new_task(ctx, timeout_s=60)
+    assert ctx.tasks.claim(task_id, worker_id="ghost", lease_s=3600, max_processing_time=300).claimed
+    assert sweeps.cleanup_timed_out_tasks(ctx)["examined"] == 0  # not yet due
+    result = sweeps.cleanup_timed_out_tasks(at(ctx, 120))
+    assert result["retrying"] == 1
+    record = ctx.tasks.get(task_id)
+    assert record["status"] == "retrying" and record["error"]["class"] == "TaskTimedOut"
+    assert [e["type"] for e in events_of(ctx, task_id)][-2:] == ["task.timed_out", "task.retrying"]
+
+
+def test_cleanup_recovers_a_task_whose_worker_died_before_its_deadline(ctx):
+    task_id = new_task(ctx)
+    ctx.tasks.claim(task_id, worker_id="dead", lease_s=-10, max_processing_time=300)
+    sweeps.cleanup_timed_out_tasks(ctx)
+    record = ctx.tasks.get(task_id)
+    assert record["status"] == "retrying" and "stopped responding" in record["error"]["message"]
+
+
+def test_cleanup_dead_letters_a_timed_out_task_that_must_not_retry(ctx):
+    task_id = new_task(ctx, timeout_s=10, retry_on_timeout=False)
+    ctx.tasks.claim(task_id, worker_id="ghost", lease_s=3600, max_processing_time=300)
+    sweeps.cleanup_timed_out_tasks(at(ctx, 60))
+    assert ctx.tasks.get(task_id)["status"] == "dead_lettered"
+    entry = json.loads(ctx.redis.hget("aii:dlq", task_id))
+    assert entry["reason"] == "timed_out" and entry["review_state"] == "pending"
+
+
+def test_pending_sweep_re_enqueues_a_queued_task_that_has_no_broker_message(ctx):
+    def broken(*_):
+        raise ConnectionError("broker down")
+
+    lost = new_task(dataclasses.replace(ctx, enqueue=broken))
+    ctx.redis.delete("celery", *[f"celery:{i}" for i in range(1, 10)])
+    sent = []
+    later = dataclasses.replace(at(ctx, 600), enqueue=lambda tid, prio, cd: sent.append(tid))
+    result = sweeps.process_pending_tasks(later)
+    assert lost in sent and result["requeued"] >= 1
+    assert result["counts"]["queued"] >= 1
+
+
+def test_pending_sweep_leaves_queued_tasks_alone_when_the_broker_holds_their_messages(ctx):
+    ctx.redis.delete("celery", *[f"celery:{i}" for i in range(1, 10)])
+    for _ in range(3):
+        new_task(ctx)
+    queued = ctx.tasks.count("queued")
+    ctx.redis.rpush("celery:4", *["m"] * queued)  # as many messages as queued records
+    sent = []
+    sweeps.process_pending_tasks(dataclasses.replace(at(ctx, 600), enqueue=lambda *a: sent.append(a)))
+    assert sent == []
+    ctx.redis.delete("celery:4")
+
+
+def dead_lettered(ctx, exc):
+    task_id = new_task(ctx, max_retries=0)
+    claim = ctx.tasks.claim(task_id, worker_id="w", lease_s=30, max_processing_time=300)
+    handle_failure(ctx, claim.record, exc, run_id=claim.record["run_id"])
+    assert ctx.tasks.get(task_id)["status"] == "dead_lettered"
+    return task_id
+
+
+def test_dlq_sweep_auto_retries_transient_failures_at_most_twice_and_flags_the_rest(ctx):
+    transient = dead_lettered(ctx, ProviderUnavailable("503 from upstream", provider="local"))
+    permanent = dead_lettered(ctx, InvalidRequest("bad prompt", provider="local"))
+    result = sweeps.process_dead_letter_queue(ctx)
+    assert result["auto_retried"] >= 1 and result["manual_review"] >= 1
+    assert ctx.tasks.get(transient)["status"] == "queued"
+    assert json.loads(ctx.redis.hget("aii:dlq", permanent))["review_state"] == "manual_review"
+    for _ in range(2):  # fail again after each automatic retry
+        claim = ctx.tasks.claim(transient, worker_id="w", lease_s=30, max_processing_time=300)
+        handle_failure(ctx, claim.record, ProviderUnavailable("503 again", provider="local"),
+                       run_id=claim.record["run_id"])
+        sweeps.process_dead_letter_queue(ctx)
+    assert ctx.tasks.get(transient)["status"] == "dead_lettered"
+    entry = json.loads(ctx.redis.hget("aii:dlq", transient))
+    assert entry["review_state"] == "manual_review" and entry["auto_retries"] == 2
+
+
+def test_a_sweep_does_nothing_while_another_holds_its_lock(ctx):
+    with sweeps.sweep_lock(ctx, "cleanup") as got:
+        assert got
+        assert sweeps.cleanup_timed_out_tasks(ctx) == {"skipped": "another sweep holds the lock"}
