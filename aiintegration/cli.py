@@ -32,6 +32,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from aiintegration.embedded import EmbeddedValkey
 
     env = dict(os.environ)
+    # The Procfile's commands (celery, gunicorn) live beside this interpreter, in the venv.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     state = Path(env.setdefault("AII_STATE_DIR", str(Path(args.state_dir).resolve())))
     state.mkdir(parents=True, exist_ok=True)
     valkey = None
@@ -44,6 +46,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         env["AII_FLOWER_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
     web_bind = env.setdefault("AII_WEB_BIND", f"127.0.0.1:{args.port}")
     flower_port = env.setdefault("AII_FLOWER_PORT", str(args.flower_port))
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM (systemd, timeout) shuts down like Ctrl-C
+
+    signal.signal(signal.SIGTERM, stop)
     procfile = Path(args.procfile).resolve()
     honcho = shutil.which("honcho", path=str(Path(sys.executable).parent)) or "honcho"
     proc = subprocess.Popen([honcho, "start", "-f", str(procfile), "-d", str(procfile.parent)], env=env,
