@@ -69,7 +69,8 @@ def cleanup_timed_out_tasks(ctx: Context, *, limit: int = 500, grace_s: float = 
         exc = TaskTimedOut(f"attempt {record['attempts']} {why}", provider=record.get("provider"))
         outcome = mark_timed_out(ctx, record, run_id=record.get("run_id"), exc=exc) or "moved_on"
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
-    return {"examined": len(ids), **outcomes}
+    expired = ctx.tasks.drop_expired(now=now, limit=limit)
+    return {"examined": len(ids), "expired": expired, **outcomes}
 
 
 def _broker_depth(ctx: Context) -> int:

@@ -102,11 +102,12 @@ local ttl = tonumber(ARGV[7])
 if ttl > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
-  redis.call('ZADD', p .. ':idx:expiry', tonumber(now) + ttl, id)
+  -- id|requested_by|status: enough to drop the id from every index once the record expires
+  redis.call('ZADD', p .. ':idx:expiry', tonumber(now) + ttl,
+    id .. '|' .. to .. '|' .. redis.call('HGET', KEYS[1], 'requested_by'))
 elseif ttl < 0 then
   redis.call('PERSIST', KEYS[1])
   redis.call('PERSIST', KEYS[2])
-  redis.call('ZREM', p .. ':idx:expiry', id)
 end
 move_status(p, id, st, to, redis.call('HGET', KEYS[1], 'created_at'))
 for i = 0, nev - 1 do emit(KEYS[2], KEYS[3], ARGV[10], ARGV[11], ARGV[14 + 2 * i], ARGV[15 + 2 * i]) end

@@ -214,5 +214,22 @@ class TaskStore:
             next_cursor = f"{max_score}|{last_id}"  # bounded work per request: the caller may continue
         return [rec for rec, _ in items[:limit]], next_cursor
 
+    def drop_expired(self, *, now: float, limit: int = 1000) -> int:
+        """Remove records whose retention ran out from the listing indexes (the hashes and
+        streams expire by themselves). Work follows the number expired, not the total."""
+        key = f"{self.p}:idx:expiry"
+        members = self.r.zrangebyscore(key, "-inf", now, start=0, num=limit)
+        if not members:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for member in members:
+            task_id, status, requested_by = member.split("|", 2)
+            pipe.zrem(f"{self.p}:idx:tasks", task_id)
+            pipe.zrem(f"{self.p}:idx:status:{status}", task_id)
+            pipe.zrem(f"{self.p}:idx:by:{requested_by}", task_id)
+        pipe.zrem(key, *members)
+        pipe.execute()
+        return len(members)
+
     def count(self, status: str) -> int:
         return int(self.r.zcard(f"{self.p}:idx:status:{status}"))

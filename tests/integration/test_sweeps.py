@@ -106,3 +106,18 @@ def test_a_sweep_does_nothing_while_another_holds_its_lock(ctx):
     with sweeps.sweep_lock(ctx, "cleanup") as got:
         assert got
         assert sweeps.cleanup_timed_out_tasks(ctx) == {"skipped": "another sweep holds the lock"}
+
+
+def test_records_past_retention_leave_every_index_and_the_sweep_touches_only_those(ctx):
+    from aiintegration.commands.lifecycle import cancel_task
+
+    keep, gone = new_task(ctx), new_task(ctx)
+    cancel_task(ctx, gone, "expire me")
+    assert ctx.redis.ttl(ctx.tasks.key(gone)) > 0  # the hash expires by itself
+    later = at(ctx, ctx.settings.retention_s + 10)
+    assert sweeps.cleanup_timed_out_tasks(later)["expired"] >= 1
+    for index in ("aii:idx:tasks", "aii:idx:status:cancelled", "aii:idx:by:sweeper"):
+        assert ctx.redis.zscore(index, gone) is None, index
+    assert ctx.redis.zscore("aii:idx:tasks", keep) is not None
+    assert ctx.redis.zcard("aii:idx:expiry") == 0 or all(
+        not m.startswith(gone) for m in ctx.redis.zrange("aii:idx:expiry", 0, -1))
