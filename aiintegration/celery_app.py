@@ -2,5 +2,6 @@
 
 from celery import Celery
 
-app = Celery("aiintegration", include=["aiintegration.tasks.generation", "aiintegration.tasks.sweeps"])
+app = Celery("aiintegration", include=["aiintegration.tasks.generation", "aiintegration.tasks.sweeps",
+                                     "aiintegration.tasks.providers"])
 app.config_from_object("celeryconfig")

@@ -37,9 +37,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     api = Api(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}})
-    from aiintegration.web import errors, health, tasks
+    from aiintegration.web import errors, health, operations, tasks
 
     api.register_blueprint(tasks.blp)
+    api.register_blueprint(operations.blp)
     app.register_blueprint(health.bp)
     errors.install(app, ctx.settings)
     return app

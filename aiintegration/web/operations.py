@@ -1,0 +1,123 @@
+"""`/v1/dlq` and `/v1/providers`: what operators use when providers misbehave."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, jsonify
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+
+from aiintegration.commands import dlq, providers
+from aiintegration.domain.records import public
+from aiintegration.domain.submission import TASK_TYPES
+from aiintegration.web import context
+
+blp = Blueprint("operations", __name__, url_prefix="/v1", description="Dead-letter queue and providers")
+SECURED = {"security": [{"bearer": []}]}
+
+
+class DlqFilterSchema(Schema):
+    provider = fields.String()
+    error_class = fields.String(validate=validate.Length(max=100))
+    task_type = fields.String(validate=validate.OneOf(TASK_TYPES))
+    requested_by = fields.String(validate=validate.Length(max=200))
+    review_state = fields.String(validate=validate.OneOf(dlq.REVIEW_STATES))
+
+
+class DlqQuerySchema(DlqFilterSchema):
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    cursor = fields.Float()
+
+
+class ReplaySchema(Schema):
+    reason = fields.String(load_default="replayed from the DLQ", validate=validate.Length(min=1, max=1000))
+
+
+class ReviewSchema(Schema):
+    note = fields.String(required=True, validate=validate.Length(min=1, max=2000))
+    review_state = fields.String(load_default="manual_review", validate=validate.OneOf(["pending", "manual_review"]))
+
+
+class ProviderConfigSchema(Schema):
+    api_key = fields.String(load_only=True, validate=validate.Length(min=8, max=500))
+    base_url = fields.Url(require_tld=False, schemes={"http", "https"}, allow_none=True)
+    models = fields.Dict(keys=fields.String(validate=validate.OneOf(TASK_TYPES)), values=fields.String())
+    timeout_s = fields.Float(validate=validate.Range(min=1, max=3600))
+    enabled = fields.Boolean()
+
+
+class SwitchSchema(Schema):
+    from_provider = fields.String(required=True)
+    to_provider = fields.String(required=True)
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    resp = jsonify(payload)
+    resp.status_code = status
+    return resp
+
+
+@blp.route("/dlq")
+@blp.arguments(DlqQuerySchema, location="query")
+@blp.doc(**SECURED)
+def list_dlq(query: dict[str, Any]) -> Response:
+    """DLQ entries, newest first, filtered."""
+    cursor = query.pop("cursor", None)
+    items, next_cursor = dlq.list_entries(context(), cursor=repr(cursor) if cursor is not None else None, **query)
+    return _json({"items": items, "next_cursor": next_cursor})
+
+
+@blp.route("/dlq/<uuid:task_id>/replay", methods=["POST"])
+@blp.arguments(ReplaySchema)
+@blp.doc(**SECURED)
+def replay_one(body: dict[str, Any], task_id: Any) -> Response:
+    """Requeue one dead-lettered task under its same id and history."""
+    return _json(public(dlq.replay(context(), str(task_id), body["reason"])), 202)
+
+
+@blp.route("/dlq/replay", methods=["POST"])
+@blp.arguments(DlqFilterSchema)
+@blp.doc(**SECURED)
+def replay_filtered(body: dict[str, Any]) -> Response:
+    """Requeue every entry matching the filter (at least one filter field)."""
+    return _json(dlq.replay_matching(context(), **body), 202)
+
+
+@blp.route("/dlq/<uuid:task_id>/review", methods=["POST"])
+@blp.arguments(ReviewSchema)
+@blp.doc(**SECURED)
+def review(body: dict[str, Any], task_id: Any) -> Response:
+    """Annotate an entry (and mark it for manual review)."""
+    return _json(dlq.review(context(), str(task_id), body["note"], body["review_state"]))
+
+
+@blp.route("/dlq/<uuid:task_id>", methods=["DELETE"])
+@blp.doc(**SECURED)
+def discard(task_id: Any) -> Response:
+    """Discard an entry: it leaves the DLQ and the record starts its retention clock."""
+    return _json(dlq.discard(context(), str(task_id)))
+
+
+@blp.route("/providers")
+@blp.doc(**SECURED)
+def list_providers() -> Response:
+    """Preference order, configs (keys redacted) and breaker states."""
+    return _json(providers.overview(context()))
+
+
+@blp.route("/providers/<string:name>/config", methods=["PUT"])
+@blp.arguments(ProviderConfigSchema)
+@blp.doc(**SECURED)
+def update_config(body: dict[str, Any], name: str) -> Response:
+    """Validate, live-test and apply a provider config (UpdateProviderConfig)."""
+    return _json(providers.update_provider_config(context(), name, body))
+
+
+@blp.route("/providers/switch", methods=["POST"])
+@blp.arguments(SwitchSchema)
+@blp.doc(**SECURED)
+def switch(body: dict[str, Any]) -> Response:
+    """Put `to_provider` ahead of `from_provider` (SwitchProvider)."""
+    return _json(providers.switch_provider(context(), body["from_provider"], body["to_provider"], body["reason"]))
