@@ -28,12 +28,19 @@ def celery_enqueue(task_id: str, priority: int, countdown: float | None = None) 
                   priority=to_broker_priority(priority), countdown=countdown or None)
 
 
+def celery_dispatch(name: str, kwargs: dict[str, Any]) -> None:
+    from aiintegration.celery_app import app
+
+    app.send_task(name, kwargs=kwargs)
+
+
 @dataclass
 class Context:
     settings: Settings
     tasks: TaskStore
     providers: ProviderStore
     enqueue: Enqueue = celery_enqueue
+    dispatch: Callable[[str, dict[str, Any]], None] = celery_dispatch  # any other task, by name
     clock: Callable[[], float] = time.time
     _cache: dict[str, Any] = field(default_factory=dict)
 

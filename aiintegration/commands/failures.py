@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from aiintegration.commands.context import Context
+from aiintegration.commands.webhooks import notify_terminal
 from aiintegration.domain.backoff import compute_backoff
 from aiintegration.domain.records import iso
 from aiintegration.domain.states import ALLOWED_FROM, TaskStatus
@@ -42,6 +43,8 @@ def dead_letter(ctx: Context, record: dict[str, Any], error: dict[str, Any], *, 
                 ("task.dead_lettered", {"reason": reason, "error_class": error.get("class")})],
         fields={"error": error, "finished_at": now, "worker_id": ""}, dlq_entry=entry, now=now,
     )
+    if done:
+        notify_terminal(ctx, record)
     return done
 
 

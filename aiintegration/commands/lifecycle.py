@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiintegration.commands.context import Context
+from aiintegration.commands.webhooks import notify_terminal
 from aiintegration.domain.states import CANCELLABLE, RETRYABLE_BY_HAND, TaskStatus
 from aiintegration.errors import Conflict, NotFound, ValidationError
 
@@ -42,6 +43,7 @@ def cancel_task(ctx: Context, task_id: str, cancellation_reason: Any) -> dict[st
         if not before:
             raise NotFound(f"no task {task_id}")
         raise Conflict(f"task is {before} and can no longer be cancelled", details={"status": before})
+    notify_terminal(ctx, record)
     return get_task(ctx, task_id)
 
 

@@ -11,6 +11,7 @@ from aiintegration.commands.context import Context
 from aiintegration.commands.create import router
 from aiintegration.commands.failures import handle_failure, mark_timed_out
 from aiintegration.commands.runner import Attempt, AttemptRunner
+from aiintegration.commands.webhooks import notify_terminal
 from aiintegration.domain.states import TaskStatus
 from aiintegration.errors import AIIntegrationError, ProviderUnavailable, TaskTimedOut, TransientError
 from aiintegration.providers.base import Generation, GenerationRequest, Provider
@@ -82,13 +83,21 @@ def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_t
     assert generation is not None
     result = generation.to_result()
     now = ctx.clock()
+    call_s = time.monotonic() - started
+    labels = f"provider={provider.name},task_type={record['task_type']}"
+    metrics = {f"~aii_provider_call_seconds|{labels}": round(call_s, 6),
+               f"aii_tokens_total|direction=input,{labels}": generation.usage.input_tokens,
+               f"aii_tokens_total|direction=output,{labels}": generation.usage.output_tokens}
     done, before = ctx.tasks.transition(
         task_id, to=S.SUCCEEDED, allowed_from=[S.RUNNING], require=("run_id", run_id),
         events=[("task.succeeded", {"attempt": record["attempts"], "provider": provider.name,
                                     "model": generation.model, "usage": result.get("usage"),
-                                    "duration_s": round(time.monotonic() - started, 6)})],
+                                    "duration_s": round(call_s, 6)})],
         fields={"result": result, "provider": provider.name, "finished_at": now, "error": None,
                 "worker_id": record.get("worker_id")},
-        now=now,
+        now=now, metrics=metrics,
     )
-    return S.SUCCEEDED if done else f"skipped:{before}"
+    if not done:
+        return f"skipped:{before}"
+    notify_terminal(ctx, record)
+    return S.SUCCEEDED

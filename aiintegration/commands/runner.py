@@ -109,3 +109,25 @@ class AttemptRunner:
 
     def stats(self) -> dict[str, Any]:
         return {"running": len(self._running)}
+
+
+def start_liveness(ctx: Any, name: str, every_s: float = 5.0) -> threading.Thread:
+    """Record this worker process in `{p}:workers` (score = last seen) every few seconds,
+    for /readyz and the aii_workers_alive gauge."""
+    import os
+
+    key, member = f"{ctx.settings.key_prefix}:workers", f"{name}/{os.getpid()}"
+
+    def beat() -> None:
+        while True:
+            try:
+                now = time.time()
+                ctx.redis.zadd(key, {member: now})
+                ctx.redis.zremrangebyscore(key, "-inf", now - 3600)
+            except Exception:  # noqa: BLE001 - liveness must never kill the worker
+                log.warning("could not record worker liveness", exc_info=True)
+            time.sleep(every_s)
+
+    thread = threading.Thread(target=beat, name="aii-liveness", daemon=True)
+    thread.start()
+    return thread

@@ -10,6 +10,20 @@ local function emit(tstream, gstream, tmax, gmax, etype, data)
   redis.call('XADD', tstream, 'MAXLEN', '~', tmax, '*', 'type', etype, 'data', data)
   redis.call('XADD', gstream, 'MAXLEN', '~', gmax, '*', 'type', etype, 'data', data)
 end
+local BUCKETS = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}
+-- Counters live in one hash so /metrics sees every worker's work; the web process turns it
+-- into Prometheus series. Histogram buckets are stored non-cumulative.
+local function observe(p, name, labels, value)
+  local key = p .. ':metrics'
+  local le = '+Inf'
+  for _, b in ipairs(BUCKETS) do if value <= b then le = tostring(b) break end end
+  redis.call('HINCRBY', key, name .. '_bucket|' .. labels .. '|' .. le, 1)
+  redis.call('HINCRBYFLOAT', key, name .. '_sum|' .. labels, value)
+  redis.call('HINCRBY', key, name .. '_count|' .. labels, 1)
+end
+local function count(p, field, by)
+  redis.call('HINCRBYFLOAT', p .. ':metrics', field, by or 1)
+end
 local function move_status(p, id, old, new, created)
   if old ~= '' then redis.call('ZREM', p .. ':idx:status:' .. old, id) end
   redis.call('ZADD', p .. ':idx:status:' .. new, created, id)
@@ -31,6 +45,7 @@ redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', p .. ':idx:tasks', ARGV[3], id)
 redis.call('ZADD', p .. ':idx:by:' .. ARGV[5], ARGV[3], id)
 move_status(p, id, '', 'queued', ARGV[3])
+count(p, 'aii_tasks_created_total|task_type=' .. redis.call('HGET', KEYS[1], 'task_type'))
 emit(KEYS[2], KEYS[3], ARGV[7], ARGV[8], 'task.created', ARGV[6])
 return {1, id}
 """
@@ -53,6 +68,9 @@ end
 if not ok then return {0, st} end
 local id = redis.call('HGET', KEYS[1], 'id')
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local since = tonumber(redis.call('HGET', KEYS[1], 'enqueued_at')) or now
+if st == 'retrying' then since = tonumber(redis.call('HGET', KEYS[1], 'retry_at')) or since end
+observe(p, 'aii_task_queue_wait_seconds', 'task_type=' .. redis.call('HGET', KEYS[1], 'task_type'), math.max(0, now - since))
 local timeout = math.min(tonumber(redis.call('HGET', KEYS[1], 'timeout_s')) or 300, tonumber(ARGV[7]))
 local deadline = now + timeout
 local lease = now + tonumber(ARGV[6])
@@ -72,7 +90,8 @@ return out
 
 # KEYS: task, task stream, global stream
 # ARGV: prefix, from (comma list), to, require field, require value, now, ttl (>0 expire,
-#       -1 persist, 0 leave), n events, (unused), tmax, gmax, retry_at, dlq entry,
+#       -1 persist, 0 leave), n events, metrics ('field=by;~histogram|labels=value;…'),
+#       tmax, gmax, retry_at, dlq entry,
 #       then n (type, data) pairs, then field, value, ...
 # Returns {1, old status} or {0, current status ('' when the task does not exist)}.
 TRANSITION = _EMIT + """
@@ -110,6 +129,26 @@ elseif ttl < 0 then
   redis.call('PERSIST', KEYS[2])
 end
 move_status(p, id, st, to, redis.call('HGET', KEYS[1], 'created_at'))
+local ttype = redis.call('HGET', KEYS[1], 'task_type')
+if to == 'succeeded' or to == 'cancelled' or to == 'dead_lettered' then
+  local prov = redis.call('HGET', KEYS[1], 'provider') or ''
+  count(p, 'aii_tasks_finished_total|status=' .. to .. ',task_type=' .. ttype .. ',provider=' .. prov)
+  observe(p, 'aii_task_duration_seconds', 'status=' .. to .. ',task_type=' .. ttype,
+    math.max(0, tonumber(now) - (tonumber(redis.call('HGET', KEYS[1], 'created_at')) or tonumber(now))))
+elseif to == 'retrying' then
+  count(p, 'aii_task_retries_total|task_type=' .. ttype)
+elseif to == 'timed_out' then
+  count(p, 'aii_tasks_timed_out_total|task_type=' .. ttype)
+end
+for pair in string.gmatch(ARGV[9], '[^;]+') do
+  local field, by = string.match(pair, '^(.*)=([^=]+)$')
+  if string.sub(field, 1, 1) == '~' then
+    local name, labels = string.match(string.sub(field, 2), '^([^|]*)|(.*)$')
+    observe(p, name, labels, tonumber(by))
+  else
+    count(p, field, tonumber(by))
+  end
+end
 for i = 0, nev - 1 do emit(KEYS[2], KEYS[3], ARGV[10], ARGV[11], ARGV[14 + 2 * i], ARGV[15 + 2 * i]) end
 return {1, st}
 """

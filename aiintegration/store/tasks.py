@@ -100,7 +100,8 @@ class TaskStore:
     def transition(self, task_id: str, *, to: TaskStatus, allowed_from: Iterable[str],
                    events: Sequence[tuple[str, dict[str, Any]]] = (), fields: dict[str, Any] | None = None,
                    require: tuple[str, str] | None = None, retry_at: float | None = None,
-                   dlq_entry: dict[str, Any] | None = None, now: float | None = None) -> tuple[bool, str]:
+                   dlq_entry: dict[str, Any] | None = None, now: float | None = None,
+                   metrics: dict[str, float] | None = None) -> tuple[bool, str]:
         """Move a task to `to` if its status is in `allowed_from` (and `require` matches),
         appending `events` (name, fields) in the same atomic step. Returns (done, status
         before). Succeeded and cancelled start the retention clock; queued stops it."""
@@ -110,7 +111,8 @@ class TaskStore:
             ttl = -1
         req_field, req_value = require or ("", "")
         argv: list[Any] = [
-            self.p, ",".join(allowed_from), str(to), req_field, req_value, now, ttl, len(events), "",
+            self.p, ",".join(allowed_from), str(to), req_field, req_value, now, ttl, len(events),
+            ";".join(f"{k}={v}" for k, v in (metrics or {}).items()),
             *self.maxlens, retry_at if retry_at is not None else "", dumps(dlq_entry) if dlq_entry else "",
         ]
         for name, event_fields in events:

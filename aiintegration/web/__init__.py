@@ -9,6 +9,7 @@ from flask_smorest import Api
 
 from aiintegration.commands.context import Context, get_context
 from aiintegration.config import Settings
+from aiintegration.config import get_settings as get_settings_
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -28,6 +29,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.config.update(config or {})
+    if not app.testing:
+        from aiintegration.logs import configure
+
+        configure(json_lines=(app.config.get("AII_SETTINGS") or get_settings_()).log_json)
     ctx: Context = app.config.get("AII_CONTEXT") or (
         Context.from_settings(app.config["AII_SETTINGS"]) if "AII_SETTINGS" in app.config else get_context())
     app.extensions["aiintegration"] = ctx
@@ -37,11 +42,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     api = Api(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}})
-    from aiintegration.web import errors, health, operations, tasks
+    from aiintegration.web import errors, health, metrics, operations, tasks
 
     api.register_blueprint(tasks.blp)
     api.register_blueprint(operations.blp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     errors.install(app, ctx.settings)
     return app
 

@@ -1,0 +1,106 @@
+"""What operators see: /metrics that move, /readyz with workers, signed webhooks, Flower."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from aiintegration.commands.webhooks import check_target, sign
+from aiintegration.errors import ValidationError
+from aiintegration.logs import JsonFormatter
+from tests.support import Worker, wait_for, wait_status
+
+SECRET = "whsec-test-0123456789"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def worker(db):
+    env = {"AII_WEBHOOK_ALLOW_PRIVATE": "1", "AII_WEBHOOK_SECRET": SECRET}
+    with Worker(db, concurrency=4, env=env) as w:
+        yield w
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def submit(client, auth, **options):
+    body = {"task_type": "text_generation", "request_content": {"prompt": "metrics"}, "requested_by": "ops",
+            "options": options}
+    return client.post("/v1/tasks", json=body, headers=auth).json["id"]
+
+
+def test_metrics_expose_the_named_series_and_move_after_a_task_runs(client, auth, ctx):
+    before = client.get("/metrics").get_data(as_text=True)
+    wait_status(ctx, submit(client, auth), ["succeeded"])
+    after = client.get("/metrics").get_data(as_text=True)
+    finished = {"status": "succeeded", "task_type": "text_generation", "provider": "local"}
+    assert metric(after, "aii_tasks_created_total", task_type="text_generation") == \
+        metric(before, "aii_tasks_created_total", task_type="text_generation") + 1
+    assert metric(after, "aii_tasks_finished_total", **finished) == metric(before, "aii_tasks_finished_total",
+                                                                           **finished) + 1
+    assert metric(after, "aii_task_duration_seconds_count", status="succeeded", task_type="text_generation") >= 1
+    assert metric(after, "aii_tokens_total", direction="output", provider="local") > 0
+    for name in ("aii_queue_depth", "aii_dlq_size", "aii_provider_breaker_state", "aii_task_queue_wait_seconds_bucket",
+                 "aii_provider_call_seconds_bucket", "aii_tasks{"):
+        assert name in after, name
+    assert metric(after, "aii_workers_alive") >= 1
+
+
+def test_readyz_reports_redis_and_live_workers(client):
+    body = wait_for(lambda: (r := client.get("/readyz").json)["checks"].get("workers", "").endswith("alive") and r,
+                    what="a live worker")
+    assert body["status"] == "ready" and body["checks"]["redis"] == "ok"
+
+
+class Receiver(BaseHTTPRequestHandler):
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_webhook_arrives_signed_on_the_terminal_state(client, auth, ctx):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        task_id = submit(client, auth, callback_url=url)
+        wait_for(lambda: Receiver.received, timeout_s=15, what="the webhook")
+    finally:
+        server.shutdown()
+    headers, body = Receiver.received[0]
+    assert headers["x-aii-signature"] == sign(SECRET, headers["x-aii-timestamp"], body)
+    assert headers["x-aii-signature"] != sign("wrong-secret", headers["x-aii-timestamp"], body)
+    event = json.loads(body)
+    assert event["event"] == "task.succeeded" and event["task"]["id"] == task_id
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/x", "http://localhost/x", "http://10.0.0.1/x",
+                                 "http://169.254.169.254/latest", "ftp://example.com/x"])
+def test_private_and_loopback_callback_targets_are_refused_by_default(url):
+    with pytest.raises(ValidationError):
+        check_target(url, allow_private=False)
+
+
+def test_json_logs_carry_task_fields_and_mask_secrets():
+    import logging
+
+    record = logging.LogRecord("aiintegration", logging.INFO, __file__, 1,
+                               "calling with sk-test-SECRETKEY1234567890", None, None)
+    record.task_id = "t-1"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["task_id"] == "t-1" and "SECRETKEY1234567890" not in line["message"]
