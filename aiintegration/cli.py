@@ -119,6 +119,39 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from aiintegration.commands import dlq
+    from aiintegration.commands.context import get_context
+    from aiintegration.domain.records import public
+
+    ctx = get_context()
+    if args.action == "list":
+        items, cursor = dlq.list_entries(ctx, limit=args.limit, provider=args.provider, error_class=args.error_class)
+        _print({"items": items, "next_cursor": cursor})
+    elif args.action == "replay":
+        if args.task_id:
+            _print(public(dlq.replay(ctx, args.task_id)))
+        else:
+            _print(dlq.replay_matching(ctx, provider=args.provider, error_class=args.error_class))
+    elif args.action == "review":
+        _print(dlq.review(ctx, args.task_id, args.note))
+    elif args.action == "discard":
+        _print(dlq.discard(ctx, args.task_id))
+    return 0
+
+
+def cmd_providers(args: argparse.Namespace) -> int:
+    from aiintegration.commands import providers
+    from aiintegration.commands.context import get_context
+
+    ctx = get_context()
+    if args.switch:
+        _print(providers.switch_provider(ctx, args.switch[0], args.switch[1], args.reason or "switched from the CLI"))
+    else:
+        _print(providers.overview(ctx))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aiintegration", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +171,18 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="one task's record, or counts by status")
     status.add_argument("task_id", nargs="?")
     status.set_defaults(func=cmd_status)
+    dlq = sub.add_parser("dlq", help="dead-letter queue: list, replay, review, discard")
+    dlq.add_argument("action", choices=["list", "replay", "review", "discard"])
+    dlq.add_argument("task_id", nargs="?")
+    dlq.add_argument("--provider")
+    dlq.add_argument("--error-class")
+    dlq.add_argument("--note", default="")
+    dlq.add_argument("--limit", type=int, default=50)
+    dlq.set_defaults(func=cmd_dlq)
+    prov = sub.add_parser("providers", help="provider order, configs (keys redacted) and breakers; --switch FROM TO")
+    prov.add_argument("--switch", nargs=2, metavar=("FROM", "TO"))
+    prov.add_argument("--reason")
+    prov.set_defaults(func=cmd_providers)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -38,8 +38,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="module")
 def db() -> int:
     """A Redis database of this module's own (1..15, then reused after a flush)."""
-    from tests.support import redis_url
     import redis
+
+    from tests.support import redis_url
 
     n = next(_dbs) % 15 + 1
     redis.Redis.from_url(redis_url(n)).flushdb()

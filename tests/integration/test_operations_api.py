@@ -97,3 +97,20 @@ def test_a_config_update_is_validated_applied_versioned_and_never_shows_the_key(
     assert SECRET not in client.get("/v1/providers", headers=auth).get_data(as_text=True)
     assert all(SECRET not in json.dumps(f) for _, f in ctx.redis.xrange("aii:events"))
     assert ctx.providers.history("local")  # the previous version is kept
+
+
+def test_the_operator_cli_lists_reviews_and_replays_the_dlq(ctx, capsys, monkeypatch):
+    from aiintegration import cli
+    from aiintegration.commands import context as context_module
+
+    task_id = dead_task(ctx, InvalidRequest("cli case", provider="local"))
+    monkeypatch.setattr(context_module, "_context", ctx)
+    assert cli.main(["dlq", "list", "--error-class", "InvalidRequest"]) == 0
+    assert task_id in capsys.readouterr().out
+    assert cli.main(["dlq", "review", task_id, "--note", "looked at it"]) == 0
+    assert cli.main(["dlq", "replay", task_id]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n}\n")[-1] or "{}") is not None
+    assert ctx.tasks.get(task_id)["status"] == "queued"
+    assert cli.main(["status", task_id]) == 0 and '"queued"' in capsys.readouterr().out
+    assert cli.main(["providers"]) == 0 and '"order"' in capsys.readouterr().out
+    assert cli.main(["dlq", "replay", task_id]) == 1  # already replayed: a message, not a traceback
