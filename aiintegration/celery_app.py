@@ -6,7 +6,8 @@ from celery import Celery
 from celery.signals import after_setup_logger, worker_ready
 
 app = Celery("aiintegration", include=["aiintegration.tasks.generation", "aiintegration.tasks.sweeps",
-                                       "aiintegration.tasks.providers", "aiintegration.tasks.webhooks"])
+                                       "aiintegration.tasks.providers", "aiintegration.tasks.webhooks",
+                                       "aiintegration.tasks.chat"])
 app.config_from_object("celeryconfig")
 
 

@@ -50,6 +50,8 @@ class Settings:
     webhook_secret: str = ""
     webhook_allow_private: bool = False
     log_json: bool = True
+    sse_heartbeat_s: float = 15.0
+    sse_max_s: float = 3600.0
     provider_env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -80,6 +82,8 @@ class Settings:
             webhook_secret=env.get("AII_WEBHOOK_SECRET", ""),
             webhook_allow_private=env.get("AII_WEBHOOK_ALLOW_PRIVATE", "") in ("1", "true", "yes"),
             log_json=env.get("AII_LOG_FORMAT", "json") == "json",
+            sse_heartbeat_s=_float(env, "AII_SSE_HEARTBEAT_S", cls.sse_heartbeat_s),
+            sse_max_s=_float(env, "AII_SSE_MAX_S", cls.sse_max_s),
             provider_env={k: env[k] for k in keep if env.get(k)},
         )
 

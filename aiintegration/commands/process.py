@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from aiintegration.commands.breaker import breaker_for
+from aiintegration.commands.chat import stream_for
 from aiintegration.commands.context import Context
 from aiintegration.commands.create import router
 from aiintegration.commands.failures import handle_failure, mark_timed_out
@@ -59,7 +60,11 @@ def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_t
                                 timeout_s=max(0.5, attempt.deadline - time.time()))
     breaker = breaker_for(ctx, provider.name)
     started = time.monotonic()
+    chat = stream_for(ctx, record)
+    on_delta = chat.delta if chat else on_delta
     outcome = runner(ctx).run(attempt, lambda a: _call(provider, request, a, on_delta))
+    if chat and (outcome.stopped or outcome.error is not None):
+        chat.incomplete(outcome.stopped or type(outcome.error).__name__)
     if outcome.stopped == "timed_out":
         breaker.failure()
         exc = TaskTimedOut(f"attempt {record['attempts']} ran past its deadline", provider=provider.name)
@@ -98,6 +103,10 @@ def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_t
         now=now, metrics=metrics,
     )
     if not done:
+        if chat:
+            chat.incomplete(f"task is {before}")
         return f"skipped:{before}"
+    if chat:
+        chat.completed(generation)
     notify_terminal(ctx, record)
     return S.SUCCEEDED

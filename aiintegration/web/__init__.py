@@ -42,10 +42,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     api = Api(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}})
-    from aiintegration.web import errors, health, metrics, operations, tasks
+    from aiintegration.web import chat, errors, health, metrics, operations, tasks
 
     api.register_blueprint(tasks.blp)
     api.register_blueprint(operations.blp)
+    api.register_blueprint(chat.blp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     errors.install(app, ctx.settings)

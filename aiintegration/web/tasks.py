@@ -15,6 +15,7 @@ from aiintegration.domain.records import public
 from aiintegration.domain.states import TaskStatus
 from aiintegration.domain.submission import TASK_TYPES
 from aiintegration.web import context
+from aiintegration.web.events import feed, last_event_id
 
 blp = Blueprint("tasks", __name__, url_prefix="/v1/tasks", description="Generation tasks")
 
@@ -152,6 +153,16 @@ def cancel(body: dict[str, Any], task_id: Any) -> Any:
 def retry(body: dict[str, Any], task_id: Any) -> Any:
     """Retry a dead-lettered or timed-out task under the same id (RetryTask)."""
     return _json(public(lifecycle.retry_task(context(), str(task_id), body["retry_reason"], body.get("delay"))), 202)
+
+
+@blp.route("/<uuid:task_id>/events")
+@blp.doc(security=[{"bearer": []}])
+def task_events(task_id: Any) -> Response:
+    """SSE stream of the task's events; ends after its terminal event."""
+    ctx = context()
+    lifecycle.get_task(ctx, str(task_id))  # 404 for unknown tasks
+    terminal = {"task.succeeded", "task.cancelled", "task.dead_lettered"}
+    return feed(ctx.tasks.stream_key(str(task_id)), after=last_event_id(), is_end=terminal.__contains__)
 
 
 def _json(payload: dict[str, Any], status: int) -> Response:

@@ -1,0 +1,82 @@
+"""`/v1/chat/sessions`: deep-dive chat about one item, answers streamed as events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, jsonify
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+
+from aiintegration.commands import chat
+from aiintegration.web import context
+from aiintegration.web.events import feed, last_event_id
+
+blp = Blueprint("chat", __name__, url_prefix="/v1/chat/sessions", description="Chat sessions")
+SECURED = {"security": [{"bearer": []}]}
+
+
+class AnyJson(fields.Field):
+    """An object or a string (the chat context)."""
+
+
+class StartSchema(Schema):
+    user_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    item_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    initial_context = AnyJson(required=True)
+
+
+class MessageSchema(Schema):
+    message = fields.String(required=True)
+    include_context = AnyJson(allow_none=True)
+
+
+class CloseSchema(Schema):
+    close_reason = fields.String(load_default="closed by the client", validate=validate.Length(min=1, max=1000))
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    resp = jsonify(payload)
+    resp.status_code = status
+    return resp
+
+
+@blp.route("", methods=["POST"])
+@blp.arguments(StartSchema)
+@blp.doc(**SECURED)
+def start(body: dict[str, Any]) -> Response:
+    """Start a session (StartChatSession); the context becomes the system prompt."""
+    return _json(chat.start_chat_session(context(), body["user_id"], body["item_id"], body["initial_context"]), 201)
+
+
+@blp.route("/<uuid:session_id>")
+@blp.doc(**SECURED)
+def get(session_id: Any) -> Response:
+    """The session with its history and stats."""
+    return _json(chat.get_session(context(), str(session_id)))
+
+
+@blp.route("/<uuid:session_id>/messages", methods=["POST"])
+@blp.arguments(MessageSchema)
+@blp.doc(**SECURED)
+def message(body: dict[str, Any], session_id: Any) -> Response:
+    """Send a message (SendChatMessage); the answer streams on the session's events."""
+    return _json(chat.send_chat_message(context(), str(session_id), body["message"], body.get("include_context")), 202)
+
+
+@blp.route("/<uuid:session_id>/close", methods=["POST"])
+@blp.arguments(CloseSchema)
+@blp.doc(**SECURED)
+def close(body: dict[str, Any], session_id: Any) -> Response:
+    """Close the session (CloseChatSession): cancels an answer in flight, returns the stats."""
+    return _json(chat.close_chat_session(context(), str(session_id), body["close_reason"]))
+
+
+@blp.route("/<uuid:session_id>/events")
+@blp.doc(**SECURED)
+def events(session_id: Any) -> Response:
+    """SSE: chat.message, chat.response.delta/completed/incomplete, chat.session_closed."""
+    ctx = context()
+    chat.get_session(ctx, str(session_id))  # 404 for unknown sessions
+    return feed(chat.chat_store(ctx).stream_key(str(session_id)), after=last_event_id(),
+                is_end=lambda kind: kind == "chat.session_closed")

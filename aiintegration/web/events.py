@@ -1,0 +1,57 @@
+"""Server-Sent Events from Redis Streams (XREAD BLOCK): every message carries the stream id
+as `id:`, so a client resumes with `Last-Event-ID` and misses nothing. A feed ends after its
+terminal event, or after AII_SSE_MAX_S (the client reconnects with Last-Event-ID); the web
+process runs gevent workers, so a waiting client costs a greenlet, not a thread."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from flask import Response, request, stream_with_context
+
+from aiintegration.errors import ValidationError
+from aiintegration.web import context
+
+STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+def _entries(reply: Any, key: str) -> list[tuple[str, dict[str, str]]]:
+    if not reply:
+        return []
+    if isinstance(reply, dict):  # RESP3
+        return list(reply.get(key, []))
+    return list(reply[0][1])  # RESP2: [[key, entries]]
+
+
+def last_event_id() -> str:
+    value = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0-0"
+    if not STREAM_ID.match(value):
+        raise ValidationError("Last-Event-ID must be a stream id such as 1732467600000-0",
+                              details={"Last-Event-ID": value})
+    return value
+
+
+def feed(stream_key: str, *, is_end: Callable[[str], bool], after: str) -> Response:
+    ctx = context()
+    heartbeat_ms = int(ctx.settings.sse_heartbeat_s * 1000)
+    max_s = ctx.settings.sse_max_s
+
+    def generate() -> Iterator[str]:
+        last, until = after, time.monotonic() + max_s
+        yield "retry: 2000\n\n"
+        while time.monotonic() < until:
+            rows = _entries(ctx.redis.xread({stream_key: last}, count=200, block=heartbeat_ms), stream_key)
+            if not rows:
+                yield ": heartbeat\n\n"
+                continue
+            for entry_id, fields in rows:
+                last = entry_id
+                yield f"id: {entry_id}\nevent: {fields['type']}\ndata: {fields['data']}\n\n"
+                if is_end(fields["type"]):
+                    return
+
+    return Response(stream_with_context(generate()), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
