@@ -28,11 +28,13 @@ task_ignore_result = True  # the task record in Redis is the result store
 result_expires = _s.retention_s
 
 # Redis transport: priority lists 0..9 served most urgent first (0 = most urgent on the
-# broker; the API's 9 maps to 0). The visibility timeout is above the longest deadline so a
-# slow task is never handed to a second worker while the first still runs it.
+# broker; the API's 9 maps to 0). kombu's default list-name separator is kept on purpose: a
+# plain `Celery(broker=...)` client of another service writes the same binding table, and
+# its default priority steps (0, 3, 6, 9) land in lists this worker consumes. The visibility
+# timeout is above the longest deadline so a slow task is never handed to a second worker
+# while the first still runs it.
 broker_transport_options = {
     "priority_steps": list(range(10)),
-    "sep": ":",
     "queue_order_strategy": "priority",
     "visibility_timeout": _s.visibility_timeout_s,
     # After a worker dies its unacked messages come back once the visibility timeout has

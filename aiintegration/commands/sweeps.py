@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from aiintegration.commands.breaker import breaker_for
+from aiintegration.config import broker_lists
 from aiintegration.commands.context import Context
 from aiintegration.commands.failures import mark_timed_out
 from aiintegration.domain.records import dumps
@@ -74,11 +75,9 @@ def cleanup_timed_out_tasks(ctx: Context, *, limit: int = 500, grace_s: float = 
 
 
 def _broker_depth(ctx: Context) -> int:
-    queue = "celery"
     pipe = ctx.redis.pipeline(transaction=False)
-    pipe.llen(queue)
-    for step in range(1, 10):
-        pipe.llen(f"{queue}:{step}")
+    for name in broker_lists():
+        pipe.llen(name)
     return sum(pipe.execute())
 
 

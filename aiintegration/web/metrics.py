@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from aiintegration.commands.breaker import breaker_for
 from aiintegration.commands.context import Context
+from aiintegration.config import broker_lists
 from aiintegration.domain.states import TaskStatus
 from aiintegration.web import context
 
@@ -80,9 +81,8 @@ class ClusterCollector:
     def _gauges(self) -> Iterator[Metric]:
         ctx, p = self.ctx, self.ctx.settings.key_prefix
         pipe = ctx.redis.pipeline(transaction=False)
-        pipe.llen("celery")
-        for step in range(1, 10):
-            pipe.llen(f"celery:{step}")
+        for name in broker_lists():
+            pipe.llen(name)
         for status in TaskStatus:
             pipe.zcard(f"{p}:idx:status:{status}")
         pipe.zcard(f"{p}:idx:dlq")

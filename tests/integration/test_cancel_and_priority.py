@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aiintegration.config import broker_lists
 from tests.support import Worker, events_of, wait_for, wait_status
 
 
@@ -19,7 +20,7 @@ def test_a_cancelled_queued_task_is_never_run_and_cancelling_twice_is_409(client
     assert resp.status_code == 202 and resp.json["status"] == "cancelled"
     with Worker(db, concurrency=2):  # the broker still holds the cancelled task's message
         wait_status(ctx, kept, ["succeeded"])
-        wait_for(lambda: ctx.redis.llen("celery") == 0, what="queue drained")
+        wait_for(lambda: sum(ctx.redis.llen(q) for q in broker_lists()) == 0, what="queue drained")
     record = ctx.tasks.get(doomed)
     assert record["status"] == "cancelled" and record["attempts"] == 0 and record["result"] is None
     assert [e["type"] for e in events_of(ctx, doomed)] == ["task.created", "task.cancelled"]

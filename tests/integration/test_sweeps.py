@@ -10,6 +10,7 @@ import time
 from aiintegration.commands import sweeps
 from aiintegration.commands.create import create_generation_task
 from aiintegration.commands.failures import handle_failure
+from aiintegration.config import broker_lists
 from aiintegration.errors import InvalidRequest, ProviderUnavailable
 from tests.support import events_of
 
@@ -57,7 +58,7 @@ def test_pending_sweep_re_enqueues_a_queued_task_that_has_no_broker_message(ctx)
         raise ConnectionError("broker down")
 
     lost = new_task(dataclasses.replace(ctx, enqueue=broken))
-    ctx.redis.delete("celery", *[f"celery:{i}" for i in range(1, 10)])
+    ctx.redis.delete(*broker_lists())
     sent = []
     later = dataclasses.replace(at(ctx, 600), enqueue=lambda tid, prio, cd: sent.append(tid))
     result = sweeps.process_pending_tasks(later)
@@ -66,15 +67,15 @@ def test_pending_sweep_re_enqueues_a_queued_task_that_has_no_broker_message(ctx)
 
 
 def test_pending_sweep_leaves_queued_tasks_alone_when_the_broker_holds_their_messages(ctx):
-    ctx.redis.delete("celery", *[f"celery:{i}" for i in range(1, 10)])
+    ctx.redis.delete(*broker_lists())
     for _ in range(3):
         new_task(ctx)
     queued = ctx.tasks.count("queued")
-    ctx.redis.rpush("celery:4", *["m"] * queued)  # as many messages as queued records
+    ctx.redis.rpush(broker_lists()[4], *["m"] * queued)  # as many messages as queued records
     sent = []
     sweeps.process_pending_tasks(dataclasses.replace(at(ctx, 600), enqueue=lambda *a: sent.append(a)))
     assert sent == []
-    ctx.redis.delete("celery:4")
+    ctx.redis.delete(broker_lists()[4])
 
 
 def dead_lettered(ctx, exc):

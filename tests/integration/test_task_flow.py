@@ -87,9 +87,11 @@ def test_listing_is_newest_first_and_paginates_without_gaps(client, auth, ctx):
 
 
 def test_another_service_can_submit_with_send_task_by_name(ctx):
-    from tests.support import celery_for
+    from celery import Celery
 
-    celery = celery_for(ctx.settings.redis_url)
+    # A plain client of another service: no shared config, only the broker URL.
+    url = ctx.settings.redis_url
+    celery = Celery("billing-service", broker=url, backend=url, set_as_current=False)
     async_result = celery.send_task("aiintegration.create_generation_task", kwargs={
         "task_type": "text_generation", "request_content": {"prompt": "from another service"},
         "requested_by": "billing-service", "priority": 7})
