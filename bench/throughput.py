@@ -66,7 +66,17 @@ def run_system(url: str, n: int) -> tuple[float, float]:
     from aiintegration.commands.create import create_generation_task
     from aiintegration.config import Settings
 
-    ctx = Context.from_settings(Settings.from_env({**os.environ, "REDIS_URL": url, "AII_PROVIDERS": "local"}))
+    from aiintegration.domain.states import to_broker_priority
+    from tests.support import celery_for
+
+    publisher = celery_for(url)
+
+    def enqueue(task_id: str, priority: int, countdown: float | None = None) -> None:
+        publisher.send_task("aiintegration.process_task", kwargs={"task_id": task_id},
+                            priority=to_broker_priority(priority), countdown=countdown or None)
+
+    settings = Settings.from_env({**os.environ, "REDIS_URL": url, "AII_PROVIDERS": "local"})
+    ctx = Context.from_settings(settings, enqueue=enqueue)
     before = ctx.tasks.count("succeeded")
     t0 = time.perf_counter()
     for i in range(n):
