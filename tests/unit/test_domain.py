@@ -1,0 +1,122 @@
+"""The pure domain: states, backoff, validation, the record shape. No Redis."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from aiintegration.domain.backoff import compute_backoff
+from aiintegration.domain.records import PUBLIC_FIELDS, decode, iso, public
+from aiintegration.domain.states import TERMINAL, TaskStatus, can_transition, is_terminal, to_broker_priority
+from aiintegration.domain.submission import validate_submission
+from aiintegration.errors import PayloadTooLarge, ValidationError
+
+S = TaskStatus
+OK = {"task_type": "text_generation", "request_content": {"prompt": "hi"}, "requested_by": "svc"}
+
+
+@pytest.mark.parametrize("src,dst", [(S.QUEUED, S.RUNNING), (S.RUNNING, S.SUCCEEDED), (S.RUNNING, S.RETRYING),
+                                     (S.RUNNING, S.TIMED_OUT), (S.TIMED_OUT, S.RETRYING), (S.RETRYING, S.RUNNING),
+                                     (S.RUNNING, S.DEAD_LETTERED), (S.DEAD_LETTERED, S.QUEUED),
+                                     (S.QUEUED, S.CANCELLED), (S.RUNNING, S.CANCELLED)])
+def test_the_documented_transitions_are_allowed(src, dst):
+    assert can_transition(src, dst)
+
+
+@pytest.mark.parametrize("terminal", [S.SUCCEEDED, S.CANCELLED])
+@pytest.mark.parametrize("target", [S.RUNNING, S.SUCCEEDED, S.RETRYING, S.QUEUED, S.CANCELLED])
+def test_a_finished_task_can_never_move_again(terminal, target):
+    assert not can_transition(terminal, target)
+
+
+def test_cancelled_is_never_followed_by_succeeded_and_terminal_states_are_known():
+    assert not can_transition(S.CANCELLED, S.SUCCEEDED)
+    assert TERMINAL == {S.SUCCEEDED, S.CANCELLED, S.DEAD_LETTERED}
+    assert is_terminal("dead_lettered") and not is_terminal("running")
+
+
+@pytest.mark.parametrize("api,broker", [(9, 0), (0, 9), (5, 4)])
+def test_api_priority_nine_is_the_brokers_most_urgent(api, broker):
+    assert to_broker_priority(api) == broker
+
+
+def test_backoff_doubles_from_the_base_up_to_the_cap():
+    assert [compute_backoff(n, rand=lambda: 1.0) for n in range(1, 8)] == [2, 4, 8, 16, 32, 60, 60]
+    assert compute_backoff(3, rand=lambda: 0.0) == 0
+
+
+def test_backoff_jitter_stays_within_its_ceiling():
+    rng = random.Random(7)
+    assert all(0 <= compute_backoff(4, rand=rng.random) <= 16 for _ in range(1000))
+
+
+def test_retry_after_wins_when_longer_and_is_capped_separately():
+    assert compute_backoff(1, rand=lambda: 0.0, retry_after_s=2) == 2
+    assert compute_backoff(1, rand=lambda: 0.0, retry_after_s=500) == 120
+    assert compute_backoff(6, rand=lambda: 1.0, retry_after_s=1) == 60
+
+
+def test_a_valid_submission_gets_its_defaults():
+    sub = validate_submission(**OK)
+    assert sub.priority == 5 and sub.metadata == {}
+    assert sub.options == {"provider": None, "timeout_s": 300.0, "max_retries": 3, "retry_on_timeout": True,
+                           "stream": False, "callback_url": None}
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"task_type": "video"}, "task_type"),
+    ({"request_content": {"prompt": "  "}}, "request_content.prompt"),
+    ({"task_type": "chat_completion", "request_content": {"messages": "hi"}}, "request_content.messages"),
+    ({"task_type": "chat_completion", "request_content": {"messages": [{"role": "bot", "content": "x"}]}},
+     "request_content.messages[0]"),
+    ({"priority": 10}, "priority"), ({"priority": -1}, "priority"), ({"priority": True}, "priority"),
+    ({"priority": "5"}, "priority"), ({"metadata": []}, "metadata"), ({"options": {"colour": 1}}, "options"),
+    ({"options": {"timeout_s": 0}}, "options.timeout_s"), ({"options": {"max_retries": 11}}, "options.max_retries"),
+    ({"options": {"callback_url": "ftp://x"}}, "options.callback_url"), ({"requested_by": ""}, "requested_by"),
+    ({"idempotency_key": "k" * 201}, "idempotency_key"),
+    ({"task_type": "image_generation", "request_content": {"prompt": "x", "size": "big"}}, "request_content.size"),
+])
+def test_each_invalid_field_is_named_in_the_error(change, field):
+    with pytest.raises(ValidationError) as caught:
+        validate_submission(**{**OK, **change})
+    assert field in caught.value.details and caught.value.http_status == 422
+
+
+def test_several_problems_are_reported_together():
+    with pytest.raises(ValidationError) as caught:
+        validate_submission(task_type="x", request_content={}, requested_by="", priority=42)
+    assert {"task_type", "requested_by", "priority"} <= set(caught.value.details)
+
+
+def test_oversize_content_and_metadata_are_413():
+    with pytest.raises(PayloadTooLarge) as big:
+        validate_submission(**{**OK, "request_content": {"prompt": "x" * (257 * 1024)}})
+    assert big.value.http_status == 413
+    with pytest.raises(PayloadTooLarge):
+        validate_submission(**{**OK, "metadata": {"m": "y" * (17 * 1024)}})
+
+
+def test_times_are_iso_utc_with_microseconds():
+    assert iso(0) == "1970-01-01T00:00:00.000000Z" and iso(None) is None
+    assert iso(1.5).endswith(".500000Z")
+
+
+def test_a_stored_hash_decodes_to_the_public_record_shape():
+    raw = {"id": "t", "status": "queued", "priority": "7", "attempts": "0", "request_content": '{"prompt":"p"}',
+           "metadata": "{}", "options": "{}", "result": "", "error": "", "created_at": "1.25", "started_at": "",
+           "run_id": "internal"}
+    record = public(decode(raw))
+    assert tuple(record) == PUBLIC_FIELDS
+    assert record["priority"] == 7 and record["result"] is None and record["request_content"] == {"prompt": "p"}
+    assert record["created_at"] == "1970-01-01T00:00:01.250000Z" and "run_id" not in record
+
+
+def test_the_stable_task_names_are_all_registered():
+    from aiintegration.celery_app import app
+
+    app.loader.import_default_modules()
+    names = {"create_generation_task", "process_task", "retry_task", "cancel_task", "start_chat_session",
+             "send_chat_message", "close_chat_session", "process_pending_tasks", "cleanup_timed_out_tasks",
+             "process_dead_letter_queue", "switch_provider", "update_provider_config"}
+    assert {f"aiintegration.{n}" for n in names} <= set(app.tasks)
