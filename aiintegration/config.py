@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from aiintegration.domain.pricing import parse_prices
+
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
@@ -50,6 +52,7 @@ class Settings:
     webhook_secret: str = ""
     webhook_allow_private: bool = False
     log_json: bool = True
+    prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     sse_heartbeat_s: float = 15.0
     sse_max_s: float = 3600.0
     provider_env: Mapping[str, str] = field(default_factory=dict)
@@ -82,6 +85,7 @@ class Settings:
             webhook_secret=env.get("AII_WEBHOOK_SECRET", ""),
             webhook_allow_private=env.get("AII_WEBHOOK_ALLOW_PRIVATE", "") in ("1", "true", "yes"),
             log_json=env.get("AII_LOG_FORMAT", "json") == "json",
+            prices=parse_prices(env.get("AII_PRICES", "")),
             sse_heartbeat_s=_float(env, "AII_SSE_HEARTBEAT_S", cls.sse_heartbeat_s),
             sse_max_s=_float(env, "AII_SSE_MAX_S", cls.sse_max_s),
             provider_env={k: env[k] for k in keep if env.get(k)},

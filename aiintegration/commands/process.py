@@ -13,6 +13,7 @@ from aiintegration.commands.create import router
 from aiintegration.commands.failures import handle_failure, mark_timed_out
 from aiintegration.commands.runner import Attempt, AttemptRunner
 from aiintegration.commands.webhooks import notify_terminal
+from aiintegration.domain.pricing import estimate_cost
 from aiintegration.domain.states import TaskStatus
 from aiintegration.errors import AIIntegrationError, ProviderUnavailable, TaskTimedOut, TransientError
 from aiintegration.providers.base import Generation, GenerationRequest, Provider
@@ -93,12 +94,16 @@ def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_t
     metrics = {f"~aii_provider_call_seconds|{labels}": round(call_s, 6),
                f"aii_tokens_total|direction=input,{labels}": generation.usage.input_tokens,
                f"aii_tokens_total|direction=output,{labels}": generation.usage.output_tokens}
+    cost = estimate_cost(ctx.settings.prices, model=generation.model, provider=provider.name,
+                         input_tokens=generation.usage.input_tokens, output_tokens=generation.usage.output_tokens)
+    if cost:
+        metrics[f"aii_cost_total|{labels}"] = cost
     done, before = ctx.tasks.transition(
         task_id, to=S.SUCCEEDED, allowed_from=[S.RUNNING], require=("run_id", run_id),
         events=[("task.succeeded", {"attempt": record["attempts"], "provider": provider.name,
                                     "model": generation.model, "usage": result.get("usage"),
-                                    "duration_s": round(call_s, 6)})],
-        fields={"result": result, "provider": provider.name, "finished_at": now, "error": None,
+                                    "cost": cost, "duration_s": round(call_s, 6)})],
+        fields={"result": result, "provider": provider.name, "finished_at": now, "error": None, "cost": cost,
                 "worker_id": record.get("worker_id")},
         now=now, metrics=metrics,
     )

@@ -26,6 +26,7 @@ HELP = {
     "aii_task_retries_total": "Automatic retries scheduled",
     "aii_tasks_timed_out_total": "Attempts stopped at their deadline",
     "aii_tokens_total": "Provider tokens used",
+    "aii_cost_total": "Estimated provider cost (AII_PRICES), in the table's currency",
     "aii_task_duration_seconds": "Created to terminal state (end to end)",
     "aii_task_queue_wait_seconds": "Enqueued (or due) to claimed by a worker",
     "aii_provider_call_seconds": "Provider call time of successful attempts",

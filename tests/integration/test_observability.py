@@ -18,7 +18,8 @@ SECRET = "whsec-test-0123456789"
 
 @pytest.fixture(scope="module", autouse=True)
 def worker(db):
-    env = {"AII_WEBHOOK_ALLOW_PRIVATE": "1", "AII_WEBHOOK_SECRET": SECRET}
+    env = {"AII_WEBHOOK_ALLOW_PRIVATE": "1", "AII_WEBHOOK_SECRET": SECRET,
+           "AII_PRICES": '{"local": {"input_per_1k": 1.0, "output_per_1k": 2.0}}'}
     with Worker(db, concurrency=4, env=env) as w:
         yield w
 
@@ -48,6 +49,7 @@ def test_metrics_expose_the_named_series_and_move_after_a_task_runs(client, auth
                                                                            **finished) + 1
     assert metric(after, "aii_task_duration_seconds_count", status="succeeded", task_type="text_generation") >= 1
     assert metric(after, "aii_tokens_total", direction="output", provider="local") > 0
+    assert metric(after, "aii_cost_total", provider="local") > metric(before, "aii_cost_total", provider="local")
     for name in ("aii_queue_depth", "aii_dlq_size", "aii_provider_breaker_state", "aii_task_queue_wait_seconds_bucket",
                  "aii_provider_call_seconds_bucket", "aii_tasks{"):
         assert name in after, name

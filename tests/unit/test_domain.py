@@ -120,3 +120,12 @@ def test_the_stable_task_names_are_all_registered():
              "send_chat_message", "close_chat_session", "process_pending_tasks", "cleanup_timed_out_tasks",
              "process_dead_letter_queue", "switch_provider", "update_provider_config"}
     assert {f"aiintegration.{n}" for n in names} <= set(app.tasks)
+
+
+def test_cost_uses_the_models_price_then_the_providers_then_zero():
+    from aiintegration.domain.pricing import estimate_cost, parse_prices
+
+    prices = parse_prices('{"gpt-x": {"input_per_1k": 1, "output_per_1k": 2}, "openai": {"input_per_1k": 10}}')
+    assert estimate_cost(prices, model="gpt-x", provider="openai", input_tokens=500, output_tokens=1000) == 2.5
+    assert estimate_cost(prices, model="other", provider="openai", input_tokens=100, output_tokens=100) == 1.0
+    assert estimate_cost(prices, model="local-echo-1", provider="local", input_tokens=9, output_tokens=9) == 0
