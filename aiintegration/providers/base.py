@@ -148,3 +148,43 @@ class Provider:
     def check(self) -> None:
         """A cheap live call proving the config works; raises the error tree if not."""
         self.generate(GenerationRequest("text_generation", {"prompt": "ping", "max_tokens": 1}, timeout_s=10))
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from `retry-after-ms`, `Retry-After: <seconds>` or `Retry-After: <HTTP date>`."""
+    if not headers:
+        return None
+    if headers.get("retry-after-ms"):
+        try:
+            return float(headers["retry-after-ms"]) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+        import time as _time
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - _time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def error_for_status(status: int, message: str, *, provider: str, retry_after: float | None = None,
+                     code: str | None = None) -> Exception:
+    """An HTTP status from a provider → our error tree (the adapters' shared rule)."""
+    from aiintegration import errors
+
+    if code in ("content_policy_violation", "content_filter") or "content policy" in message.lower():
+        return errors.ContentRejected(message, provider=provider)
+    if status == 429:
+        return errors.RateLimited(message, retry_after=retry_after, provider=provider)
+    if status in (408, 409) or status >= 500:
+        return errors.ProviderUnavailable(message, provider=provider)
+    if status in (401, 403):
+        return errors.AuthenticationFailed(message, provider=provider)
+    return errors.InvalidRequest(message, provider=provider)

@@ -1,0 +1,116 @@
+"""OpenAI and any OpenAI-compatible endpoint (vLLM, Ollama, …) through the `openai` SDK."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+
+from aiintegration import errors
+from aiintegration.providers.base import (
+    Generation, GenerationRequest, Provider, ProviderConfig, ShouldStop, Usage, error_for_status, parse_retry_after,
+)
+
+
+def _translate(exc: Exception, provider: str) -> errors.AIIntegrationError:
+    """The one place SDK exceptions become ours. SDK messages carry no API key."""
+    if isinstance(exc, openai.APITimeoutError):
+        return errors.ProviderTimeout("the provider did not answer in time", provider=provider)
+    if isinstance(exc, openai.APIConnectionError):
+        return errors.ProviderUnavailable("could not connect to the provider", provider=provider)
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        code = body.get("code") if isinstance(body.get("code"), str) else None
+        message = str(body.get("message") or exc.message)
+        retry_after = parse_retry_after(exc.response.headers if exc.response is not None else None)
+        result = error_for_status(exc.status_code, message, provider=provider, retry_after=retry_after, code=code)
+        assert isinstance(result, errors.AIIntegrationError)
+        return result
+    if isinstance(exc, openai.APIResponseValidationError | ValueError):
+        return errors.ProviderUnavailable("the provider sent a malformed answer", provider=provider)
+    if isinstance(exc, openai.OpenAIError):
+        return errors.ProviderUnavailable(f"provider error: {type(exc).__name__}", provider=provider)
+    raise exc
+
+
+class OpenAIProvider(Provider):
+    kind = "openai"
+    default_models = {"text_generation": "gpt-4o-mini", "chat_completion": "gpt-4o-mini",
+                      "image_generation": "gpt-image-1"}
+
+    def __init__(self, config: ProviderConfig):
+        super().__init__(config)
+        # Our retry policy is the only one: the SDK never retries by itself.
+        self.client = openai.OpenAI(api_key=config.api_key or "not-configured", base_url=config.base_url,
+                                    max_retries=0, timeout=config.timeout_s)
+
+    def _messages(self, request: GenerationRequest) -> list[dict[str, str]]:
+        system, messages = request.system_and_messages()
+        return ([{"role": "system", "content": system}] if system else []) + messages
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        client = self.client.with_options(timeout=min(request.timeout_s, self.config.timeout_s))
+        model = self.model_for(request)
+        try:
+            if request.task_type == "image_generation":
+                image = client.images.generate(model=model, prompt=str(request.content["prompt"]), n=1,
+                                               size=request.content.get("size", "1024x1024"),
+                                               response_format="b64_json")
+                data = image.data or []
+                return Generation(self.name, model, images=tuple(
+                    {"b64_png": d.b64_json} if d.b64_json else {"url": d.url or ""} for d in data))
+            reply = client.chat.completions.create(model=model, messages=self._messages(request),
+                                                   max_tokens=request.max_tokens)
+        except Exception as exc:  # noqa: BLE001 - translated at this boundary
+            raise _translate(exc, self.name) from None
+        try:
+            choice = reply.choices[0]
+        except (IndexError, TypeError, AttributeError):
+            raise errors.ProviderUnavailable("the provider sent no choices", provider=self.name) from None
+        if choice.finish_reason == "content_filter":
+            raise errors.ContentRejected("the provider filtered the answer", provider=self.name)
+        usage = reply.usage
+        return Generation(self.name, reply.model or model, text=choice.message.content or "",
+                          usage=Usage(usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0),
+                          finish_reason=choice.finish_reason)
+
+    def stream(self, request: GenerationRequest, should_stop: ShouldStop) -> Iterator[str | Generation]:
+        if request.task_type == "image_generation":
+            yield self.generate(request)
+            return
+        client = self.client.with_options(timeout=min(request.timeout_s, self.config.timeout_s))
+        model = self.model_for(request)
+        parts: list[str] = []
+        usage, finish, served_model = Usage(), None, model
+        try:
+            stream: Any = client.chat.completions.create(
+                model=model, messages=self._messages(request), max_tokens=request.max_tokens, stream=True,
+                stream_options={"include_usage": True})
+            with stream:
+                for chunk in stream:
+                    if should_stop():
+                        return
+                    served_model = chunk.model or served_model
+                    if chunk.usage:
+                        usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                    for choice in chunk.choices or []:
+                        finish = choice.finish_reason or finish
+                        if choice.delta and choice.delta.content:
+                            parts.append(choice.delta.content)
+                            yield choice.delta.content
+        except Exception as exc:  # noqa: BLE001 - translated at this boundary
+            raise _translate(exc, self.name) from None
+        if finish is None:
+            raise errors.ProviderUnavailable("the stream ended without a finish reason", provider=self.name)
+        yield Generation(self.name, served_model, text="".join(parts), usage=usage, finish_reason=finish)
+
+    def check(self) -> None:
+        try:
+            self.client.with_options(timeout=10).models.list()
+        except Exception as exc:  # noqa: BLE001 - translated at this boundary
+            raise _translate(exc, self.name) from None
+
+
+class OpenAICompatibleProvider(OpenAIProvider):
+    kind = "openai_compatible"

@@ -1,0 +1,81 @@
+"""The real openai SDK against the fake provider server: results, streaming, and the
+mapping of every fault onto our error tree (no API key in any error)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from aiintegration import errors
+from aiintegration.providers import build_provider
+from aiintegration.providers.base import GenerationRequest, ProviderConfig
+from tests.fake_provider import Fault, FakeProvider
+
+KEY = "sk-test-SECRETKEY1234567890"
+
+
+@pytest.fixture()
+def fake():
+    with FakeProvider() as server:
+        yield server
+
+
+def provider(fake, timeout_s=5.0):
+    return build_provider(ProviderConfig("openai", "openai", api_key=KEY, base_url=fake.base_url, timeout_s=timeout_s))
+
+
+def text(timeout_s=5.0):
+    return GenerationRequest("text_generation", {"prompt": "hello there", "system": "be kind"}, timeout_s=timeout_s)
+
+
+def test_text_chat_and_image_come_back_in_our_result_shape(fake):
+    p = provider(fake)
+    result = p.generate(text()).to_result()
+    assert result["text"] == "word0 word1 word2 word3 word4 word5" and result["usage"]["output_tokens"] == 6
+    assert fake.requests[-1]["headers"]["authorization"] == f"Bearer {KEY}"
+    assert fake.requests[-1]["body"]["messages"][0] == {"role": "system", "content": "be kind"}
+    image = p.generate(GenerationRequest("image_generation", {"prompt": "a cat"}, timeout_s=5)).to_result()
+    assert image["images"][0]["b64_png"]
+
+
+def test_streaming_yields_deltas_then_the_final_generation(fake):
+    pieces = list(provider(fake).stream(text(), lambda: False))
+    *deltas, final = pieces
+    assert "".join(deltas) == final.text and final.usage.output_tokens == 6 and final.finish_reason == "stop"
+
+
+def test_a_stop_request_ends_a_slow_stream_quickly(fake):
+    fake.default.chunk_delay_s = 0.3
+    started = time.monotonic()
+    pieces = list(provider(fake).stream(text(), lambda: time.monotonic() - started > 0.4))
+    assert time.monotonic() - started < 1.5 and all(isinstance(p, str) for p in pieces)
+
+
+@pytest.mark.parametrize("fault,error,retryable", [
+    (Fault(status=429, retry_after=2), errors.RateLimited, True),
+    (Fault(status=500), errors.ProviderUnavailable, True),
+    (Fault(status=503), errors.ProviderUnavailable, True),
+    (Fault(drop=True), errors.ProviderUnavailable, True),
+    (Fault(status=400, message="max_tokens is too large"), errors.InvalidRequest, False),
+    (Fault(status=401, message="Incorrect API key provided"), errors.AuthenticationFailed, False),
+    (Fault(status=400, code="content_policy_violation", message="rejected"), errors.ContentRejected, False),
+])
+def test_each_fault_maps_onto_the_error_tree_without_the_key(fake, fault, error, retryable):
+    fake.script(fault)
+    with pytest.raises(error) as caught:
+        provider(fake).generate(text())
+    assert caught.value.retryable is retryable and caught.value.provider == "openai"
+    assert KEY not in str(caught.value) and KEY not in repr(caught.value.to_dict())
+    if isinstance(caught.value, errors.RateLimited):
+        assert caught.value.retry_after == 2.0
+    if fault.status == 400 and fault.code is None:
+        assert "max_tokens is too large" in caught.value.message
+
+
+def test_a_provider_that_hangs_past_the_timeout_is_a_provider_timeout(fake):
+    fake.script(Fault(status=200, delay_s=3))
+    started = time.monotonic()
+    with pytest.raises(errors.ProviderTimeout):
+        provider(fake).generate(text(timeout_s=0.5))
+    assert time.monotonic() - started < 2.5
