@@ -120,6 +120,8 @@ class FakeProvider:
                     self._send(200, {"created": int(time.time()), "data": [{"b64_json": png}]})
                 elif self.path.endswith("/chat/completions"):
                     self._chat(body)
+                elif self.path.endswith("/v1/messages"):
+                    self._messages(body)
                 else:
                     self._send(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
 
@@ -165,6 +167,39 @@ class FakeProvider:
                 tail = {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
                 self.wfile.write(f"data: {json.dumps(last)}\n\ndata: {json.dumps(tail)}\n\ndata: [DONE]\n\n".encode())
                 self.wfile.flush()
+                self.close_connection = True
+
+            def _messages(self, body: dict[str, Any]) -> None:
+                words = [f"word{i}" for i in range(fake.default.words)]
+                usage = {"input_tokens": sum(len(str(m.get("content", "")).split()) for m in body.get("messages", [])),
+                         "output_tokens": len(words)}
+                message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": body.get("model"),
+                           "stop_reason": "end_turn", "stop_sequence": None, "usage": usage,
+                           "content": [{"type": "text", "text": " ".join(words)}]}
+                if not body.get("stream"):
+                    self._send(200, message)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+
+                def event(kind: str, data: dict[str, Any]) -> None:
+                    self.wfile.write(f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode())
+                    self.wfile.flush()
+
+                event("message_start", {"message": {**message, "content": [], "stop_reason": None,
+                                                     "usage": {"input_tokens": usage["input_tokens"],
+                                                               "output_tokens": 0}}})
+                event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+                for i, word in enumerate(words):
+                    time.sleep(fake.default.chunk_delay_s)
+                    event("content_block_delta", {"index": 0, "delta": {"type": "text_delta",
+                                                                        "text": word if i == 0 else " " + word}})
+                event("content_block_stop", {"index": 0})
+                event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                        "usage": {"output_tokens": len(words)}})
+                event("message_stop", {})
                 self.close_connection = True
 
         return Handler

@@ -79,3 +79,24 @@ def test_a_provider_that_hangs_past_the_timeout_is_a_provider_timeout(fake):
     with pytest.raises(errors.ProviderTimeout):
         provider(fake).generate(text(timeout_s=0.5))
     assert time.monotonic() - started < 2.5
+
+
+def test_concurrent_slow_calls_through_one_provider_and_its_breaker_overlap(fake, ctx):
+    """pybreaker's call() would serialize these; our breaker only wraps the outcome."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from aiintegration.commands.breaker import breaker_for
+
+    fake.default.delay_s = 0.5
+    p, breaker = provider(fake), breaker_for(ctx, "concurrency-probe")
+
+    def one(_: int) -> None:
+        assert breaker.allows()
+        p.generate(text())
+        breaker.success()
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(8)))
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0, f"8 calls of 0.5 s took {elapsed:.2f}s: they were serialized"

@@ -1,0 +1,87 @@
+"""Anthropic through the `anthropic` SDK's Messages API (no image generation)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+
+from aiintegration import errors
+from aiintegration.providers.base import (
+    Generation, GenerationRequest, Provider, ProviderConfig, ShouldStop, Usage, error_for_status, parse_retry_after,
+)
+
+
+def _translate(exc: Exception, provider: str) -> errors.AIIntegrationError:
+    """The one place SDK exceptions become ours (529 overloaded is an InternalServerError)."""
+    if isinstance(exc, anthropic.APITimeoutError):
+        return errors.ProviderTimeout("the provider did not answer in time", provider=provider)
+    if isinstance(exc, anthropic.APIConnectionError):
+        return errors.ProviderUnavailable("could not connect to the provider", provider=provider)
+    if isinstance(exc, anthropic.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        detail = body.get("error") if isinstance(body.get("error"), dict) else {}
+        message = str(detail.get("message") or exc.message)
+        retry_after = parse_retry_after(exc.response.headers if exc.response is not None else None)
+        result = error_for_status(exc.status_code, message, provider=provider, retry_after=retry_after)
+        assert isinstance(result, errors.AIIntegrationError)
+        return result
+    if isinstance(exc, anthropic.AnthropicError | ValueError):
+        return errors.ProviderUnavailable(f"provider error: {type(exc).__name__}", provider=provider)
+    raise exc
+
+
+class AnthropicProvider(Provider):
+    kind = "anthropic"
+    capabilities = frozenset({"text_generation", "chat_completion"})
+    default_models = {"text_generation": "claude-sonnet-4-5", "chat_completion": "claude-sonnet-4-5"}
+
+    def __init__(self, config: ProviderConfig):
+        super().__init__(config)
+        self.client = anthropic.Anthropic(api_key=config.api_key or "not-configured", base_url=config.base_url,
+                                          max_retries=0, timeout=config.timeout_s)
+
+    def _params(self, request: GenerationRequest) -> dict[str, Any]:
+        if request.task_type not in self.capabilities:
+            raise errors.UnsupportedCapability(f"anthropic cannot do {request.task_type}", provider=self.name)
+        system, messages = request.system_and_messages()
+        params: dict[str, Any] = {"model": self.model_for(request), "max_tokens": request.max_tokens,
+                                  "messages": messages}
+        if system:
+            params["system"] = system
+        return params
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        params = self._params(request)
+        try:
+            reply = self.client.with_options(timeout=min(request.timeout_s, self.config.timeout_s)).messages.create(
+                **params)
+        except Exception as exc:  # noqa: BLE001 - translated at this boundary
+            raise _translate(exc, self.name) from None
+        text = "".join(getattr(block, "text", "") for block in reply.content or [])
+        if reply.stop_reason == "refusal":
+            raise errors.ContentRejected("the provider refused the request", provider=self.name)
+        return Generation(self.name, reply.model or params["model"], text=text,
+                          usage=Usage(reply.usage.input_tokens, reply.usage.output_tokens),
+                          finish_reason=reply.stop_reason)
+
+    def stream(self, request: GenerationRequest, should_stop: ShouldStop) -> Iterator[str | Generation]:
+        params = self._params(request)
+        client = self.client.with_options(timeout=min(request.timeout_s, self.config.timeout_s))
+        try:
+            with client.messages.stream(**params) as stream:
+                for text in stream.text_stream:
+                    if should_stop():
+                        return
+                    yield text
+                final = stream.get_final_message()
+        except Exception as exc:  # noqa: BLE001 - translated at this boundary
+            raise _translate(exc, self.name) from None
+        yield Generation(self.name, final.model or params["model"],
+                         text="".join(getattr(b, "text", "") for b in final.content or []),
+                         usage=Usage(final.usage.input_tokens, final.usage.output_tokens),
+                         finish_reason=final.stop_reason)
+
+    def check(self) -> None:
+        self.generate(GenerationRequest("text_generation", {"prompt": "ping", "max_tokens": 1}, timeout_s=10))

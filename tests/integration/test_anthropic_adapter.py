@@ -1,0 +1,58 @@
+"""The real anthropic SDK against the fake provider server."""
+
+from __future__ import annotations
+
+import pytest
+
+from aiintegration import errors
+from aiintegration.providers import build_provider
+from aiintegration.providers.base import GenerationRequest, ProviderConfig
+from tests.fake_provider import Fault, FakeProvider
+
+KEY = "sk-ant-test-SECRETKEY1234567890"
+
+
+@pytest.fixture()
+def claude():
+    with FakeProvider() as server:
+        base = server.base_url.removesuffix("/v1")  # the SDK appends /v1/messages itself
+        yield server, build_provider(ProviderConfig("anthropic", "anthropic", api_key=KEY, base_url=base, timeout_s=5))
+
+
+def chat():
+    return GenerationRequest("chat_completion", {"messages": [{"role": "system", "content": "brief"},
+                                                              {"role": "user", "content": "hi there"}]}, timeout_s=5)
+
+
+def test_messages_answer_in_our_result_shape_with_the_system_prompt_apart(claude):
+    server, provider = claude
+    result = provider.generate(chat()).to_result()
+    assert result["text"].startswith("word0") and result["usage"] == {"input_tokens": 2, "output_tokens": 6}
+    body = server.requests[-1]["body"]
+    assert body["system"] == "brief" and body["messages"] == [{"role": "user", "content": "hi there"}]
+    headers = server.requests[-1]["headers"]  # anthropic 2.x sends the key as a bearer token
+    assert headers.get("x-api-key") == KEY or headers.get("authorization") == f"Bearer {KEY}"
+
+
+def test_streaming_yields_deltas_then_the_final_message(claude):
+    *deltas, final = list(claude[1].stream(chat(), lambda: False))
+    assert "".join(deltas) == final.text and final.usage.output_tokens == 6
+
+
+@pytest.mark.parametrize("fault,error", [(Fault(status=529, message="Overloaded"), errors.ProviderUnavailable),
+                                         (Fault(status=429, retry_after=3), errors.RateLimited),
+                                         (Fault(status=400, message="messages: roles must alternate"),
+                                          errors.InvalidRequest),
+                                         (Fault(status=401), errors.AuthenticationFailed)])
+def test_faults_map_onto_the_error_tree_without_the_key(claude, fault, error):
+    claude[0].script(fault)
+    with pytest.raises(error) as caught:
+        claude[1].generate(chat())
+    assert KEY not in str(caught.value.to_dict())
+
+
+def test_images_are_an_unsupported_capability_that_the_router_skips(claude):
+    provider = claude[1]
+    assert not provider.supports("image_generation")
+    with pytest.raises(errors.UnsupportedCapability):
+        provider.generate(GenerationRequest("image_generation", {"prompt": "x"}, timeout_s=5))
