@@ -32,6 +32,8 @@ class Fault:
     code: str | None = None
     drop: bool = False  # close the connection without an answer
     delay_s: float = 0.0
+    malformed: bool = False  # 200 with a body that is not the provider's JSON
+    drop_after: int | None = None  # stream this many chunks, then cut the connection
 
 
 @dataclass
@@ -131,6 +133,17 @@ class FakeProvider:
                 if not isinstance(behaviour, Fault):
                     return False
                 time.sleep(behaviour.delay_s)
+                if behaviour.drop_after is not None:
+                    self._cut_after = behaviour.drop_after
+                    return False
+                if behaviour.malformed:
+                    data = b"<html>upstream gateway error</html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return True
                 if behaviour.drop:
                     self.close_connection = True
                     self.connection.close()
@@ -157,6 +170,10 @@ class FakeProvider:
                 self.end_headers()
                 for i, word in enumerate(words):
                     time.sleep(fake.default.chunk_delay_s)
+                    if i == getattr(self, "_cut_after", None):
+                        self.close_connection = True
+                        self.connection.shutdown(2)
+                        return
                     delta = {"content": word if i == 0 else " " + word}
                     chunk = {**base, "object": "chat.completion.chunk",
                              "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}

@@ -98,6 +98,31 @@ def test_a_config_update_with_a_bad_key_is_rejected_and_the_old_config_keeps_wor
     assert record["result"]["provider"] == "openai"
 
 
+def test_a_chat_answer_cut_midway_is_marked_incomplete_then_answered_cleanly(client, auth, ctx, fake):
+    fake[0].script(Fault(drop_after=2))
+    sid = client.post("/v1/chat/sessions", json={"user_id": "u", "item_id": "i", "initial_context": "ctx"},
+                      headers=auth).json["id"]
+    sent = client.post(f"/v1/chat/sessions/{sid}/messages", json={"message": "go"}, headers=auth).json
+    wait_status(ctx, sent["task_id"], ["succeeded"], timeout_s=20)
+
+    def session_events():
+        return [json.loads(f["data"]) for _, f in ctx.redis.xrange(f"aii:events:chat:{sid}")]
+
+    # The record turns succeeded first, then the completion is appended (so a cancel in
+    # between can never leave a "completed" answer behind).
+    events = wait_for(lambda: (ev := session_events()) and ev[-1]["type"] == "chat.response.completed" and ev,
+                      what="the completed answer")
+    answer = [e for e in events if e["type"].startswith("chat.response")]
+    first = [e for e in answer if e["attempt"] == 1]
+    second = [e for e in answer if e["attempt"] == 2]
+    assert [e["type"] for e in first] == ["chat.response.delta"] * 2 + ["chat.response.incomplete"]
+    assert second[-1]["type"] == "chat.response.completed"
+    assert [e["seq"] for e in second[:-1]] == list(range(1, len(second)))
+    assert "".join(e["text"] for e in second[:-1]) == second[-1]["text"]
+    history = client.get(f"/v1/chat/sessions/{sid}", headers=auth).json["history"]
+    assert [m["role"] for m in history] == ["user", "assistant"] and history[1]["content"] == second[-1]["text"]
+
+
 def test_no_api_key_appears_in_responses_events_or_worker_logs(client, auth, ctx, fake):
     _, worker = fake
     listing = client.get("/v1/tasks?requested_by=policy&limit=200", headers=auth).get_data(as_text=True)

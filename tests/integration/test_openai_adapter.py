@@ -45,6 +45,15 @@ def test_streaming_yields_deltas_then_the_final_generation(fake):
     assert "".join(deltas) == final.text and final.usage.output_tokens == 6 and final.finish_reason == "stop"
 
 
+def test_a_stream_cut_midway_is_a_transient_failure_after_the_first_deltas(fake):
+    fake.script(Fault(drop_after=2))
+    seen = []
+    with pytest.raises(errors.ProviderUnavailable):
+        for piece in provider(fake).stream(text(), lambda: False):
+            seen.append(piece)
+    assert seen == ["word0", " word1"]
+
+
 def test_a_stop_request_ends_a_slow_stream_quickly(fake):
     fake.default.chunk_delay_s = 0.3
     started = time.monotonic()
@@ -57,6 +66,7 @@ def test_a_stop_request_ends_a_slow_stream_quickly(fake):
     (Fault(status=500), errors.ProviderUnavailable, True),
     (Fault(status=503), errors.ProviderUnavailable, True),
     (Fault(drop=True), errors.ProviderUnavailable, True),
+    (Fault(malformed=True), errors.ProviderUnavailable, True),
     (Fault(status=400, message="max_tokens is too large"), errors.InvalidRequest, False),
     (Fault(status=401, message="Incorrect API key provided"), errors.AuthenticationFailed, False),
     (Fault(status=400, code="content_policy_violation", message="rejected"), errors.ContentRejected, False),
