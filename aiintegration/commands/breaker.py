@@ -22,6 +22,7 @@ from aiintegration.commands.context import Context
 log = logging.getLogger(__name__)
 STATE_TTL_S = 0.5  # how stale a process's view of a breaker may be
 RESET_EVERY_S = 0.5  # successes reset the shared failure counter at most this often
+STATS_FLUSH_S = 1.0
 
 
 class _Events(pybreaker.CircuitBreakerListener):
@@ -46,6 +47,42 @@ class ProviderBreaker:
         self._lock = threading.Lock()
         self._state: tuple[float, str] = (0.0, "closed")
         self._last_reset = 0.0
+        self._redis, self._prefix = client, f"{s.key_prefix}:pstats:{name}"
+        self._counts = {"ok": 0, "fail": 0}
+        self._flushed = 0.0  # the first outcome is written at once
+
+    def _count(self, outcome: str) -> None:
+        """Outcomes per minute for the recent error rate; flushed at most once a second so
+        the hot path does not pay a Redis round trip per call."""
+        with self._lock:
+            self._counts[outcome] += 1
+            if time.monotonic() - self._flushed < STATS_FLUSH_S:
+                return
+            counts, self._counts, self._flushed = self._counts, {"ok": 0, "fail": 0}, time.monotonic()
+        key = f"{self._prefix}:{int(time.time() // 60)}"
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for field, n in counts.items():
+                if n:
+                    pipe.hincrby(key, field, n)
+            pipe.expire(key, 900)
+            pipe.execute()
+        except redis.RedisError:
+            log.warning("breaker %s: could not record outcome counts", self.name)
+
+    def error_rate(self, window_min: int = 5) -> float | None:
+        """Share of transient failures among calls in the last few minutes (None: no calls)."""
+        minute = int(time.time() // 60)
+        pipe = self._redis.pipeline(transaction=False)
+        for m in range(minute - window_min + 1, minute + 1):
+            pipe.hmget(f"{self._prefix}:{m}", ["ok", "fail"])
+        ok = fail = 0
+        for row in pipe.execute():
+            ok += int(row[0] or 0)
+            fail += int(row[1] or 0)
+        with self._lock:  # include what this process has not flushed yet
+            ok, fail = ok + self._counts["ok"], fail + self._counts["fail"]
+        return round(fail / (ok + fail), 4) if ok + fail else None
 
     def state(self, *, fresh: bool = False) -> str:
         """'closed' | 'open' | 'half-open', cached for STATE_TTL_S."""
@@ -69,6 +106,7 @@ class ProviderBreaker:
         return True
 
     def success(self) -> None:
+        self._count("ok")
         state = self.state()
         now = time.monotonic()
         if state == pybreaker.STATE_CLOSED and now - self._last_reset < RESET_EVERY_S:
@@ -82,6 +120,7 @@ class ProviderBreaker:
             self._state = (0.0, state)
 
     def failure(self) -> None:
+        self._count("fail")
         with self._lock:
             try:
                 self.cb._inc_counter()

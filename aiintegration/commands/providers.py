@@ -24,7 +24,8 @@ def overview(ctx: Context) -> dict[str, Any]:
         cfg = configs.get(name)
         if cfg is None:
             continue
-        rows.append({**cfg.public(), "breaker": breaker_for(ctx, name).public_state()})
+        breaker = breaker_for(ctx, name)
+        rows.append({**cfg.public(), "breaker": breaker.public_state(), "error_rate": breaker.error_rate()})
     return {"order": order, "providers": rows}
 
 

@@ -80,7 +80,9 @@ def test_an_open_breaker_moves_traffic_to_the_next_provider_and_a_probe_closes_i
     assert {r["result"]["provider"] for r in records} == {"local"}
     opened = [json.loads(f["data"]) for _, f in ctx.redis.xrange("aii:events") if f["type"] == "provider.breaker_opened"]
     assert opened and opened[-1]["provider"] == "openai"
-    assert client.get("/v1/providers", headers=auth).json["providers"][0]["breaker"] in ("open", "half_open")
+    primary = client.get("/v1/providers", headers=auth).json["providers"][0]
+    assert primary["breaker"] in ("open", "half_open")
+    assert primary["error_rate"] is not None and primary["error_rate"] > 0
     server.default = Behaviour()
     wait_for(lambda: wait_status(ctx, submit(client, auth), ["succeeded"])["result"]["provider"] == "openai",
              timeout_s=15, interval_s=0.5, what="traffic back on the recovered primary")

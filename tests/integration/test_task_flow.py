@@ -116,3 +116,11 @@ def test_a_stored_record_survives_a_json_round_trip_unchanged(client, auth, ctx)
     record = client.get(f"/v1/tasks/{resp.json['id']}", headers=auth).json
     assert record["request_content"] == content
     assert json.dumps(record["metadata"], sort_keys=True) == json.dumps(meta, sort_keys=True)
+
+
+def test_retrying_a_succeeded_or_cancelled_task_is_a_409_with_its_status(client, auth, ctx):
+    done = submit(client, auth).json["id"]
+    wait_status(ctx, done, ["succeeded"])
+    resp = client.post(f"/v1/tasks/{done}/retry", json={"retry_reason": "again"}, headers=auth)
+    assert resp.status_code == 409 and resp.json["error"]["details"]["status"] == "succeeded"
+    assert client.post(f"/v1/tasks/{done}/retry", json={}, headers=auth).status_code == 422
