@@ -42,6 +42,7 @@ class Behaviour:
     chunk_delay_s: float = 0.0
     fail_rate: dict[int, float] = field(default_factory=dict)
     words: int = 6
+    stamp_words: bool = False  # each streamed word is the time it was sent (latency benchmarks)
 
 
 class FakeProvider:
@@ -174,6 +175,8 @@ class FakeProvider:
                         self.close_connection = True
                         self.connection.shutdown(2)
                         return
+                    if fake.default.stamp_words:
+                        word = f"{time.time():.6f}"
                     delta = {"content": word if i == 0 else " " + word}
                     chunk = {**base, "object": "chat.completion.chunk",
                              "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}

@@ -10,11 +10,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import redis
 from flask import Response, request, stream_with_context
 
 from aiintegration.errors import ValidationError
 from aiintegration.web import context
 
+BLOCK_MS = 2000
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
@@ -41,11 +43,20 @@ def feed(stream_key: str, *, is_end: Callable[[str], bool], after: str) -> Respo
 
     def generate() -> Iterator[str]:
         last, until = after, time.monotonic() + max_s
+        next_beat = time.monotonic() + heartbeat_ms / 1000
         yield "retry: 2000\n\n"
         while time.monotonic() < until:
-            rows = _entries(ctx.redis.xread({stream_key: last}, count=200, block=heartbeat_ms), stream_key)
+            try:
+                # Short blocks: a blocked read that outlives a socket timeout (seen under
+                # gevent) is just "nothing yet", not an error that ends the feed.
+                reply = ctx.redis.xread({stream_key: last}, count=200, block=min(heartbeat_ms, BLOCK_MS))
+            except redis.TimeoutError:
+                reply = None
+            rows = _entries(reply, stream_key)
             if not rows:
-                yield ": heartbeat\n\n"
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + heartbeat_ms / 1000
+                    yield ": heartbeat\n\n"
                 continue
             for entry_id, fields in rows:
                 last = entry_id
