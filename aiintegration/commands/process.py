@@ -79,7 +79,7 @@ def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_t
             breaker.failure()
         else:
             breaker.success()  # the provider answered; the request was at fault
-        if isinstance(outcome.error, AIIntegrationError) is False:
+        if not isinstance(outcome.error, AIIntegrationError):
             log.error("provider raised outside the error tree", exc_info=outcome.error, extra={"task_id": task_id})
         exc.provider = exc.provider or provider.name
         record["provider"] = provider.name

@@ -103,12 +103,6 @@ class AttemptRunner:
                 if answer != "ok":
                     attempt.stop("cancelled" if answer == "cancelled" else f"lost:{answer or 'gone'}")
 
-    def running(self) -> list[Attempt]:
-        with self._lock:
-            return list(self._running.values())
-
-    def stats(self) -> dict[str, Any]:
-        return {"running": len(self._running)}
 
 
 def start_liveness(ctx: Any, name: str, every_s: float = 5.0) -> threading.Thread:

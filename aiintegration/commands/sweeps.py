@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from aiintegration.commands.breaker import breaker_for
-from aiintegration.config import broker_lists
 from aiintegration.commands.context import Context
 from aiintegration.commands.failures import mark_timed_out
+from aiintegration.config import broker_lists
 from aiintegration.domain.records import dumps
 from aiintegration.domain.states import TaskStatus
 from aiintegration.errors import TaskTimedOut

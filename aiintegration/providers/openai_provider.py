@@ -9,7 +9,14 @@ import openai
 
 from aiintegration import errors
 from aiintegration.providers.base import (
-    Generation, GenerationRequest, Provider, ProviderConfig, ShouldStop, Usage, error_for_status, parse_retry_after,
+    Generation,
+    GenerationRequest,
+    Provider,
+    ProviderConfig,
+    ShouldStop,
+    Usage,
+    error_for_status,
+    parse_retry_after,
 )
 
 

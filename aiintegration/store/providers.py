@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
 
 import redis
 
@@ -114,6 +113,3 @@ class ProviderStore:
 
     def order(self) -> list[str]:
         return list(self.r.lrange(self.k_order, 0, -1))
-
-    def public(self, config: ProviderConfig) -> dict[str, Any]:
-        return config.public()

@@ -129,15 +129,6 @@ class TaskStore:
         keys = [self.key(tid) for tid, _ in attempts]
         return list(self._heartbeat(keys=keys, args=[self.p, lease_until, *[run for _, run in attempts]]))
 
-    def append_event(self, task_id: str, event: str, **event_fields: Any) -> str:
-        """An event that changes no state (e.g. a stream delta); returns its stream id."""
-        data = self.event_data(event, task_id, time.time(), **event_fields)
-        pipe = self.r.pipeline(transaction=False)
-        tmax, gmax = self.maxlens
-        pipe.xadd(self.stream_key(task_id), {"type": event, "data": data}, maxlen=int(tmax), approximate=True)
-        pipe.xadd(self.global_stream, {"type": event, "data": data}, maxlen=int(gmax), approximate=True)
-        return str(pipe.execute()[0])
-
     def append_global(self, event: str, **event_fields: Any) -> str:
         """An event about no task in particular (providers, sweeps), global stream only."""
         data = dumps({"type": event, "at": iso(time.time()), **event_fields})
