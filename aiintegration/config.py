@@ -26,6 +26,7 @@ def _list(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_max_connections: int = 1000  # per process; a waiting SSE client holds one
     key_prefix: str = "aii"
     api_tokens: tuple[str, ...] = ()
     providers: tuple[str, ...] = ("local",)
@@ -63,6 +64,7 @@ class Settings:
         keep = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
         return cls(
             redis_url=env.get("REDIS_URL") or cls.redis_url,
+            redis_max_connections=_int(env, "AII_REDIS_MAX_CONNECTIONS", cls.redis_max_connections),
             key_prefix=env.get("AII_KEY_PREFIX") or cls.key_prefix,
             api_tokens=_list(env, "AII_API_TOKENS", ""),
             providers=_list(env, "AII_PROVIDERS", "local"),
@@ -88,7 +90,7 @@ class Settings:
             prices=parse_prices(env.get("AII_PRICES", "")),
             sse_heartbeat_s=_float(env, "AII_SSE_HEARTBEAT_S", cls.sse_heartbeat_s),
             sse_max_s=_float(env, "AII_SSE_MAX_S", cls.sse_max_s),
-            provider_env={k: env[k] for k in keep if env.get(k)},
+            provider_env={k: v for k, v in env.items() if v and (k in keep or k.startswith("AII_PROVIDER_"))},
         )
 
 

@@ -65,7 +65,6 @@ def run_system(url: str, n: int) -> tuple[float, float]:
     from aiintegration.commands.context import Context
     from aiintegration.commands.create import create_generation_task
     from aiintegration.config import Settings
-
     from aiintegration.domain.states import to_broker_priority
     from tests.support import celery_for
 

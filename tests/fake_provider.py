@@ -225,10 +225,15 @@ class FakeProvider:
         return Handler
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # a standalone server for benchmarks and manual runs: prints its base URL
     parser = argparse.ArgumentParser(description="fake OpenAI-compatible provider on 127.0.0.1")
-    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed chunks")
+    parser.add_argument("--words", type=int, default=6, help="words per answer")
+    parser.add_argument("--stamp-words", action="store_true", help="each streamed word is its send time")
+    args = parser.parse_args()
     server = FakeProvider().start()
-    server.default.delay_s = parser.parse_args().delay
+    server.default = Behaviour(delay_s=args.delay, chunk_delay_s=args.chunk_delay, words=args.words,
+                               stamp_words=args.stamp_words)
     print(server.base_url, flush=True)
     threading.Event().wait()

@@ -46,7 +46,7 @@ class Context:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> Context:
-        client = get_redis(settings.redis_url)
+        client = get_redis(settings.redis_url, max_connections=settings.redis_max_connections)
         ctx = cls(
             settings=settings,
             tasks=TaskStore(client, prefix=settings.key_prefix, retention_s=settings.retention_s,

@@ -44,6 +44,8 @@ def dead_letter(ctx: Context, record: dict[str, Any], error: dict[str, Any], *, 
         fields={"error": error, "finished_at": now, "worker_id": ""}, dlq_entry=entry, now=now,
     )
     if done:
+        log.warning("dead-lettered (%s): %s: %s", reason, error.get("code"), error.get("message"),
+                    extra={"task_id": record["id"], "provider": error.get("provider")})
         notify_terminal(ctx, record)
     return done
 
@@ -63,6 +65,8 @@ def schedule_retry(ctx: Context, record: dict[str, Any], error: dict[str, Any], 
         fields={"error": error, "worker_id": ""}, retry_at=now + delay, now=now,
     )
     if done:
+        log.info("retry in %.2fs after %s: %s", delay, error.get("code"), error.get("message"),
+                 extra={"task_id": record["id"], "provider": error.get("provider")})
         try:
             ctx.enqueue(record["id"], int(record["priority"]), delay)
         except Exception:  # noqa: BLE001 - the retry index lets the pending sweep recover it

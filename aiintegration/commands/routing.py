@@ -54,7 +54,12 @@ class Router:
             raise NotFound(f"unknown provider {name!r}")
         instance = self._instances.get(name)
         if instance is None:
-            instance = self._instances.setdefault(name, build_provider(config))
+            # Built once, under the lock: an SDK client costs ~50 ms of CPU (its TLS context),
+            # and a burst of tasks arriving together must not each build their own.
+            with self._lock:
+                instance = self._instances.get(name)
+                if instance is None or instance.config != config:
+                    instance = self._instances[name] = build_provider(config)
         return instance
 
     def known(self, name: str) -> bool:

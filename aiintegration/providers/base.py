@@ -44,6 +44,14 @@ class ProviderConfig:
         }
 
 
+def connection_failure(exc: BaseException) -> str:
+    """What went wrong under an SDK's connection error ("ConnectError: [Errno 111] Connection
+    refused"): transport errors name an address and an errno, never a header or a key."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    text = str(cause).strip()[:200]
+    return f"could not connect to the provider ({type(cause).__name__}{': ' + text if text else ''})"
+
+
 def redact_key(key: str | None) -> str | None:
     """`sk-proj-abcdef…wxyz` → `sk-…wxyz`; short keys show nothing of themselves."""
     if not key:

@@ -15,6 +15,7 @@ from aiintegration.providers.base import (
     ProviderConfig,
     ShouldStop,
     Usage,
+    connection_failure,
     error_for_status,
     parse_retry_after,
 )
@@ -25,7 +26,7 @@ def _translate(exc: Exception, provider: str) -> errors.AIIntegrationError:
     if isinstance(exc, openai.APITimeoutError):
         return errors.ProviderTimeout("the provider did not answer in time", provider=provider)
     if isinstance(exc, openai.APIConnectionError):
-        return errors.ProviderUnavailable("could not connect to the provider", provider=provider)
+        return errors.ProviderUnavailable(connection_failure(exc), provider=provider)
     if isinstance(exc, openai.APIStatusError):
         body = exc.body if isinstance(exc.body, dict) else {}
         code = body.get("code") if isinstance(body.get("code"), str) else None

@@ -26,17 +26,23 @@ def _from_sentinel_url(url: str) -> redis.Redis:
     return Sentinel(hosts, socket_timeout=5).master_for(master, db=db, decode_responses=True)
 
 
-def get_redis(url: str) -> redis.Redis:
-    """A shared client for `url` (redis://, rediss://, unix:// or sentinel://)."""
+def get_redis(url: str, *, max_connections: int = 1000, pool_timeout_s: float = 5.0) -> redis.Redis:
+    """A shared client for `url` (redis://, rediss://, unix:// or sentinel://).
+
+    The pool blocks (up to `pool_timeout_s`) instead of failing when every connection is in
+    use: redis-py's default pool stops at 100 connections and raises at once, and a gevent
+    web worker with many SSE clients (each one's XREAD BLOCK holds a connection) needs more.
+    Commands time out after redis-py's default 5 s socket timeout, so a blocking read must
+    block for less than that."""
     with _lock:
         client = _clients.get(url)
         if client is None:
             if url.startswith("sentinel://"):
                 client = _from_sentinel_url(url)
             else:
-                client = redis.Redis.from_url(
-                    url, decode_responses=True, health_check_interval=30, socket_keepalive=True,
-                    retry_on_timeout=True,
-                )
+                pool = redis.BlockingConnectionPool.from_url(
+                    url, max_connections=max_connections, timeout=pool_timeout_s, decode_responses=True,
+                    health_check_interval=30, socket_keepalive=True, retry_on_timeout=True)
+                client = redis.Redis(connection_pool=pool)
             _clients[url] = client
         return client

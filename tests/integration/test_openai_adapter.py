@@ -10,7 +10,7 @@ import pytest
 from aiintegration import errors
 from aiintegration.providers import build_provider
 from aiintegration.providers.base import GenerationRequest, ProviderConfig
-from tests.fake_provider import Fault, FakeProvider
+from tests.fake_provider import FakeProvider, Fault
 
 KEY = "sk-test-SECRETKEY1234567890"
 

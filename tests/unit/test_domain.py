@@ -129,3 +129,18 @@ def test_cost_uses_the_models_price_then_the_providers_then_zero():
     assert estimate_cost(prices, model="gpt-x", provider="openai", input_tokens=500, output_tokens=1000) == 2.5
     assert estimate_cost(prices, model="other", provider="openai", input_tokens=100, output_tokens=100) == 1.0
     assert estimate_cost(prices, model="local-echo-1", provider="local", input_tokens=9, output_tokens=9) == 0
+
+
+def test_a_named_openai_compatible_provider_is_configured_from_the_environment():
+    from aiintegration.config import Settings
+    from aiintegration.store.providers import default_configs
+
+    env = {"AII_PROVIDERS": "vllm,local", "AII_PROVIDER_VLLM_BASE_URL": "http://127.0.0.1:9/v1",
+           "AII_PROVIDER_VLLM_MODEL": "llama", "AII_PROVIDER_VLLM_API_KEY": "sk-vllm-0123456789abcdef",
+           "UNRELATED_SECRET": "x"}
+    settings = Settings.from_env(env)
+    vllm, local = default_configs(settings.providers, settings.provider_env)
+    assert (vllm.name, vllm.kind, vllm.base_url, vllm.api_key) == ("vllm", "openai_compatible",
+                                                                   "http://127.0.0.1:9/v1", "sk-vllm-0123456789abcdef")
+    assert vllm.models == {"text_generation": "llama", "chat_completion": "llama"}
+    assert local.kind == "local" and "UNRELATED_SECRET" not in settings.provider_env

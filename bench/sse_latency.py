@@ -1,0 +1,204 @@
+"""Chunk → SSE client latency with many concurrent streaming chats.
+
+Every part is the real one, each in its own process: a fresh embedded Valkey; the fake
+OpenAI-compatible provider (tests/fake_provider.py) streaming answers whose words are the
+wall-clock time each chunk was written to the socket; one Celery worker (threads pool) that
+streams through the `openai` SDK and publishes every chunk as a `chat.response.delta` event;
+the web app under gunicorn with gevent workers, as in the Procfile. The client (asyncio +
+httpx, one thread) opens N chat sessions, subscribes to each session's SSE feed, sends one
+message per session at the same moment, and for every delta computes
+
+    latency = time the SSE client parsed the event - time the provider wrote the chunk
+
+so it covers SDK parsing, the worker, Redis (XADD → XREAD BLOCK), gunicorn and HTTP.
+
+    .venv/bin/python bench/sse_latency.py [--chats 50] [--words 40] [--chunk-delay 0.05]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TOKEN = "bench-token-0123456789"
+
+
+def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait_log(proc: subprocess.Popen[bytes], log: Path, marker: str, timeout_s: float = 60) -> str:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        text = log.read_text(errors="replace")
+        if marker in text:
+            return text
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"{marker!r} never appeared:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def cpu_seconds(group: int) -> float:
+    """User+system CPU seconds of every live process in process group `group` (Linux /proc)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == group:
+                total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def one_chat(client: httpx.AsyncClient, go: asyncio.Event, latencies: list[float], steady: list[float],
+                   n: int) -> int:
+    """One session: subscribe, wait for the common start, send, read deltas until completed."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    reply = await client.post("/v1/chat/sessions", headers=headers,
+                              json={"user_id": f"bench-{n}", "item_id": f"item-{n}", "initial_context": "bench"})
+    reply.raise_for_status()
+    session_id = reply.json()["id"]
+    deltas = 0
+    async with client.stream("GET", f"/v1/chat/sessions/{session_id}/events", headers=headers) as feed:
+        feed.raise_for_status()
+        lines = feed.aiter_lines()
+        await lines.__anext__()  # `retry:` — the feed is open and reading
+        await go.wait()
+        sent = await client.post(f"/v1/chat/sessions/{session_id}/messages", headers=headers,
+                                 json={"message": "stream me the time"})
+        sent.raise_for_status()
+        kind = None
+        async for line in lines:
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind == "chat.response.delta":
+                received = time.time()
+                data = json.loads(line[6:])
+                latencies.append((received - float(data["text"].strip())) * 1000)
+                if data["seq"] > 3:
+                    steady.append(latencies[-1])
+                deltas += 1
+            elif line.startswith("data: ") and kind in ("chat.response.completed", "chat.response.incomplete"):
+                if kind == "chat.response.incomplete":
+                    raise RuntimeError(f"session {session_id}: answer incomplete: {line}")
+                break
+    return deltas
+
+
+async def run_clients(base_url: str, chats: int, timeout_s: float) -> tuple[list[float], list[int], float]:
+    latencies: list[float] = []
+    steady: list[float] = []  # chunks after the third: the stream is flowing
+    go = asyncio.Event()
+    limits = httpx.Limits(max_connections=chats * 2 + 10, max_keepalive_connections=chats * 2 + 10)
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as client:
+        jobs = [asyncio.create_task(one_chat(client, go, latencies, steady, n)) for n in range(chats)]
+        await asyncio.sleep(1.0)  # every feed subscribed
+        t0 = time.perf_counter()
+        go.set()
+        counts = await asyncio.wait_for(asyncio.gather(*jobs), timeout_s)
+        return latencies, steady, list(counts), time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chats", type=int, default=50, help="concurrent streaming chats")
+    parser.add_argument("--words", type=int, default=40, help="chunks per answer")
+    parser.add_argument("--chunk-delay", type=float, default=0.05, help="seconds between chunks")
+    parser.add_argument("--web-workers", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=120)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="aii-bench-sse-"))
+    print(f"logs: {tmp}", flush=True)
+    from aiintegration.embedded import EmbeddedValkey, free_port
+
+    with EmbeddedValkey(tmp / "valkey", appendonly=False) as valkey:
+        fake = spawn([sys.executable, "tests/fake_provider.py", "--stamp-words", "--words", str(args.words),
+                      "--chunk-delay", str(args.chunk_delay)], {**os.environ, "PYTHONPATH": str(ROOT)},
+                     tmp / "fake.log")
+        provider_url = wait_log(fake, tmp / "fake.log", "http://").strip().splitlines()[-1]
+        port = free_port()
+        env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{valkey.port}/0", "AII_PROVIDERS": "fake",
+               "AII_PROVIDER_FAKE_BASE_URL": provider_url, "AII_PROVIDER_FAKE_MODEL": "fake-model",
+               "AII_PROVIDER_FAKE_API_KEY": "sk-bench-not-a-real-key", "AII_API_TOKENS": TOKEN,
+               "AII_LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1"}
+        worker = spawn([sys.executable, "-m", "celery", "-A", "aiintegration.celery_app", "worker", "-P", "threads",
+                        "-c", str(args.chats + 8), "-l", "WARNING", "--without-gossip", "--without-mingle",
+                        "-n", "sse-bench@%h"], env, tmp / "worker.log")
+        web = spawn([sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(args.web_workers),
+                     "--worker-connections", "1000", "-b", f"127.0.0.1:{port}", "aiintegration.web:create_app()"],
+                    env, tmp / "web.log")
+        try:
+            wait_log(web, tmp / "web.log", "Booting worker")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+            else:
+                raise RuntimeError(f"web/worker not ready:\n{(tmp / 'web.log').read_text()[-2000:]}")
+            procs = {"provider": fake, "worker": worker, "web": web}
+            before = {name: cpu_seconds(proc.pid) for name, proc in procs.items()}
+            client_before = time.process_time()
+            # A first round warms every worker thread, SDK client and connection pool up.
+            asyncio.run(run_clients(f"http://127.0.0.1:{port}", args.chats, args.timeout))
+            before = {name: cpu_seconds(proc.pid) for name, proc in procs.items()}
+            client_before = time.process_time()
+            latencies, steady, counts, elapsed = asyncio.run(run_clients(f"http://127.0.0.1:{port}", args.chats,
+                                                                 args.timeout))
+            cpu = {name: cpu_seconds(proc.pid) - before[name] for name, proc in procs.items()}
+            cpu["client"] = time.process_time() - client_before
+        finally:
+            for proc in (web, worker, fake):
+                stop(proc)
+
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"chats={args.chats} chunks/answer={args.words} chunk_delay={args.chunk_delay}s "
+          f"web=gunicorn gevent x{args.web_workers} worker=threads -c {args.chats + 8}")
+    print(f"deltas received   : {len(latencies)} (per chat min {min(counts)}, max {max(counts)}; "
+          f"expected {args.words}) in {elapsed:.1f}s")
+    print(f"chunk -> SSE p50  : {statistics.median(latencies):7.1f} ms")
+    print(f"chunk -> SSE p95  : {percentile(latencies, 0.95):7.1f} ms   (goal < 50 ms)")
+    print(f"chunk -> SSE p99  : {percentile(latencies, 0.99):7.1f} ms")
+    print(f"chunk -> SSE max  : {max(latencies):7.1f} ms")
+    print(f"after the 3rd chunk of each answer: p50 {statistics.median(steady):.1f} ms, "
+          f"p95 {percentile(steady, 0.95):.1f} ms")
+    print("CPU seconds during the run: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
+
+
+if __name__ == "__main__":
+    main()
