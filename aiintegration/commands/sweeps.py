@@ -6,6 +6,7 @@ run, and holds a Redis lock so two beat processes started by mistake do not both
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import uuid
@@ -74,11 +75,40 @@ def cleanup_timed_out_tasks(ctx: Context, *, limit: int = 500, grace_s: float = 
     return {"examined": len(ids), "expired": expired, **outcomes}
 
 
-def _broker_depth(ctx: Context) -> int:
+UNACKED_KEY = "unacked"  # kombu's Redis transport default (`unacked_key`)
+PROCESS_TASK = "aiintegration.process_task"
+
+
+def _unacked_task_ids(ctx: Context) -> set[str]:
+    """Task ids of process_task messages a worker has taken but not acknowledged (kombu's
+    `unacked` hash: prefetched, running, or waiting to be restored after a crash). The hash
+    is bounded by prefetch x concurrency per worker, so reading it whole is cheap."""
+    ids: set[str] = set()
+    for raw in ctx.redis.hvals(UNACKED_KEY):
+        try:
+            message = json.loads(raw)[0]
+            if message.get("headers", {}).get("task") != PROCESS_TASK:
+                continue
+            body = message["body"]
+            if message.get("properties", {}).get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            ids.add(str(json.loads(body)[1]["task_id"]))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            continue  # not a message we wrote: it covers nothing
+    return ids
+
+
+def _messages_for_queued(ctx: Context) -> int:
+    """How many queued records the broker still holds a message for: everything waiting in
+    the queue's lists (all are process_task messages or sweeps, an overestimate by at most
+    a few) plus unacked process_task messages of records that are still queued."""
     pipe = ctx.redis.pipeline(transaction=False)
     for name in broker_lists():
         pipe.llen(name)
-    return sum(pipe.execute())
+    waiting = sum(pipe.execute())
+    taken = list(_unacked_task_ids(ctx))
+    covered = sum(1 for r in ctx.tasks.get_many(taken) if r and r["status"] == S.QUEUED)
+    return waiting + covered
 
 
 @_locked("pending")
@@ -90,7 +120,7 @@ def process_pending_tasks(ctx: Context, *, limit: int = 500) -> dict[str, Any]:
     now, grace = ctx.clock(), ctx.settings.pending_grace_s
     p = ctx.settings.key_prefix
     queued_total = ctx.tasks.count(S.QUEUED)
-    missing = max(0, queued_total - _broker_depth(ctx))
+    missing = max(0, queued_total - _messages_for_queued(ctx))
     requeued = 0
     if missing:
         stale = ctx.tasks.ids_by_score(f"status:{S.QUEUED}", max_score=now - grace, limit=min(limit, missing))

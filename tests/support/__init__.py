@@ -58,16 +58,20 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = Path(os.environ["AII_TEST_TMP"]) / f"worker-{db}-{name}-{time.time_ns()}.log"
 
+    ready_marker = " ready."
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "aiintegration.celery_app", "worker", "-P", "threads",
+                "-c", str(self.concurrency), "-E", "-l", "INFO", "-n", f"{self.name}-{self.db}-{os.getpid()}@%h",
+                "--without-gossip", "--without-mingle"]
+
     def start(self, timeout_s: float = 30) -> Worker:
-        cmd = [sys.executable, "-m", "celery", "-A", "aiintegration.celery_app", "worker", "-P", "threads",
-               "-c", str(self.concurrency), "-E", "-l", "INFO", "-n", f"{self.name}-{self.db}-{os.getpid()}@%h",
-               "--without-gossip", "--without-mingle"]
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
-            if " ready." in self.log.read_text(errors="replace"):
+            if self.ready_marker in self.log.read_text(errors="replace"):
                 return self
             if self.proc.poll() is not None:
                 break
@@ -95,6 +99,18 @@ class Worker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Beat(Worker):
+    """A real `celery beat` process sending the sweeps on the schedule its env sets
+    (AII_PENDING_INTERVAL_S, AII_CLEANUP_INTERVAL_S, ...)."""
+
+    ready_marker = "beat: Starting"
+
+    def command(self) -> list[str]:
+        schedule = self.log.with_suffix(".schedule")
+        return [sys.executable, "-m", "celery", "-A", "aiintegration.celery_app", "beat", "-l", "INFO",
+                "-s", str(schedule)]
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 15, interval_s: float = 0.05,
