@@ -43,6 +43,8 @@ class Behaviour:
     fail_rate: dict[int, float] = field(default_factory=dict)
     words: int = 6
     stamp_words: bool = False  # each streamed word is the time it was sent (latency benchmarks)
+    hang_rate: float = 0.0  # this share of requests get no answer for `hang_s`, then a dropped connection
+    hang_s: float = 10.0
 
 
 class FakeProvider:
@@ -81,6 +83,8 @@ class FakeProvider:
         with self._lock:
             if self._script:
                 return self._script.popleft()
+            if self.default.hang_rate and self._rng.random() < self.default.hang_rate:
+                return Fault(delay_s=self.default.hang_s, drop=True)
             for status, rate in self.default.fail_rate.items():
                 if self._rng.random() < rate:
                     return Fault(status=status, retry_after=1 if status == 429 else None)
