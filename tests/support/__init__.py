@@ -34,7 +34,11 @@ def celery_for(url: str) -> Celery:
 
 
 def make_context(db: int, **settings: Any) -> Context:
-    url = redis_url(db)
+    return context_for(redis_url(db), **settings)
+
+
+def context_for(url: str, **settings: Any) -> Context:
+    """A Context on any Redis URL, publishing process_task messages like the web app does."""
     s = Settings.from_env({**os.environ, "REDIS_URL": url})
     if settings:
         s = Settings(**{**s.__dict__, **settings})
