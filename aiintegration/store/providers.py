@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import redis
 
 from aiintegration.domain.records import dumps
-from aiintegration.providers.base import ProviderConfig
+from aiintegration.providers.base import ProviderConfig, redact_key
 
 HISTORY_KEEP = 20
 
@@ -90,11 +90,14 @@ class ProviderStore:
         return config_from_json(raw) if raw else None
 
     def put(self, config: ProviderConfig) -> int:
-        """Store a new version, keeping the previous one in the history; returns its number."""
+        """Store a new version, keeping the previous one in the history (its API key redacted:
+        the live config is the only place a key is kept); returns its number."""
         previous = self.r.hget(self.k_config, config.name)
         pipe = self.r.pipeline()
         if previous:
-            pipe.lpush(f"{self.p}:providers:history:{config.name}", previous)
+            old = config_from_json(previous)
+            audit = config_to_json(old.with_changes(api_key=redact_key(old.api_key)))
+            pipe.lpush(f"{self.p}:providers:history:{config.name}", audit)
             pipe.ltrim(f"{self.p}:providers:history:{config.name}", 0, HISTORY_KEEP - 1)
         pipe.hset(self.k_config, config.name, config_to_json(config))
         pipe.incr(self.k_version)

@@ -9,7 +9,7 @@ from aiintegration.providers import build_provider
 from aiintegration.providers.base import GenerationRequest, ProviderConfig
 from tests.fake_provider import FakeProvider, Fault
 
-KEY = "sk-ant-test-SECRETKEY1234567890"
+KEY = "sk-ant-test-LEAKCHECK-1234567890"
 
 
 @pytest.fixture()

@@ -12,7 +12,7 @@ from aiintegration.providers.base import ProviderConfig
 from tests.fake_provider import Behaviour, FakeProvider, Fault
 from tests.support import Worker, events_of, wait_for, wait_status
 
-KEY = "sk-test-SECRETKEY1234567890"
+KEY = "sk-test-LEAKCHECK-1234567890"
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +92,9 @@ def test_an_open_breaker_moves_traffic_to_the_next_provider_and_a_probe_closes_i
 
 def test_a_config_update_with_a_bad_key_is_rejected_and_the_old_config_keeps_working(client, auth, ctx, fake):
     fake[0].script(Fault(status=401, message="Incorrect API key provided"))
-    resp = client.put("/v1/providers/openai/config", json={"api_key": "sk-bad-KEY99999999"}, headers=auth)
+    resp = client.put("/v1/providers/openai/config", json={"api_key": "sk-bad-LEAKCHECK-99999999"}, headers=auth)
     assert resp.status_code == 409 and resp.json["error"]["details"]["applied"] is False
-    assert "sk-bad-KEY99999999" not in resp.get_data(as_text=True)
+    assert "sk-bad-LEAKCHECK-99999999" not in resp.get_data(as_text=True)
     assert ctx.providers.get("openai").api_key == KEY
     record = wait_status(ctx, submit(client, auth, provider="openai"), ["succeeded"])
     assert record["result"]["provider"] == "openai"

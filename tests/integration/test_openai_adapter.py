@@ -12,7 +12,7 @@ from aiintegration.providers import build_provider
 from aiintegration.providers.base import GenerationRequest, ProviderConfig
 from tests.fake_provider import FakeProvider, Fault
 
-KEY = "sk-test-SECRETKEY1234567890"
+KEY = "sk-test-LEAKCHECK-1234567890"
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ from aiintegration.commands.failures import handle_failure
 from aiintegration.errors import InvalidRequest, ProviderUnavailable
 from aiintegration.providers.base import ProviderConfig
 
-SECRET = "sk-test-SECRETKEY1234567890"
+SECRET = "sk-test-LEAKCHECK-1234567890"
 
 
 def dead_task(ctx, exc, requested_by="ops-test"):

@@ -25,7 +25,7 @@ def test_chaos_ends_every_task_succeeded_or_dead_lettered_for_the_right_reason(c
         server.default = Behaviour(fail_rate={500: 0.15, 503: 0.15, 429: 0.10, 400: 0.03}, hang_rate=0.05,
                                    hang_s=6.0)
         # One provider, no fallback, a breaker that stays closed: this is about the retry policy.
-        ctx.providers.put(ProviderConfig("openai", "openai", api_key="sk-chaos-test-0123456789abcdef",
+        ctx.providers.put(ProviderConfig("openai", "openai", api_key="sk-chaos-LEAKCHECK-0123456789",
                                          base_url=server.base_url, timeout_s=1.0))
         ctx.providers.set_order(["openai"])
         env = {"AII_BREAKER_FAIL_MAX": "100000", "AII_RETRY_AFTER_MAX_S": "1"}
