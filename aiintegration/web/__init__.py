@@ -6,12 +6,30 @@ from typing import Any
 
 from flask import Flask
 from flask_smorest import Api
+from marshmallow import Schema, fields
 
 from aiintegration.commands.context import Context, get_context
 from aiintegration.config import Settings
 from aiintegration.config import get_settings as get_settings_
 
 MAX_BODY_BYTES = 1024 * 1024
+
+
+class ErrorDetail(Schema):
+    code = fields.String(required=True, metadata={"description": "stable machine-readable code"})
+    message = fields.String(required=True)
+    details = fields.Dict(required=True)
+
+
+class ErrorSchema(Schema):
+    """Every error answer: `{"error": {"code", "message", "details"}}` (SPEC §3)."""
+
+    error = fields.Nested(ErrorDetail, required=True)
+
+
+class ApiWithOurErrors(Api):
+    # The default error response documented on every operation is our error shape.
+    ERROR_SCHEMA = ErrorSchema
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -40,7 +58,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app.extensions["celery"] = celery
 
-    api = Api(app, spec_kwargs={"components": {"securitySchemes": {
+    api = ApiWithOurErrors(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}})
     from aiintegration.web import chat, errors, health, metrics, operations, tasks
 

@@ -11,6 +11,7 @@ from marshmallow import Schema, fields, validate
 from aiintegration.commands import chat
 from aiintegration.web import context
 from aiintegration.web.events import feed, last_event_id
+from aiintegration.web.responses import MessageAcceptedSchema, SessionSchema
 
 blp = Blueprint("chat", __name__, url_prefix="/v1/chat/sessions", description="Chat sessions")
 SECURED = {"security": [{"bearer": []}]}
@@ -43,6 +44,7 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 @blp.route("", methods=["POST"])
 @blp.arguments(StartSchema)
+@blp.alt_response(201, schema=SessionSchema, success=True, description="The new session")
 @blp.doc(**SECURED)
 def start(body: dict[str, Any]) -> Response:
     """Start a session (StartChatSession); the context becomes the system prompt."""
@@ -50,6 +52,7 @@ def start(body: dict[str, Any]) -> Response:
 
 
 @blp.route("/<uuid:session_id>")
+@blp.alt_response(200, schema=SessionSchema, success=True, description="The session")
 @blp.doc(**SECURED)
 def get(session_id: Any) -> Response:
     """The session with its history and stats."""
@@ -58,6 +61,7 @@ def get(session_id: Any) -> Response:
 
 @blp.route("/<uuid:session_id>/messages", methods=["POST"])
 @blp.arguments(MessageSchema)
+@blp.alt_response(202, schema=MessageAcceptedSchema, success=True, description="Accepted; the answer streams as events")
 @blp.doc(**SECURED)
 def message(body: dict[str, Any], session_id: Any) -> Response:
     """Send a message (SendChatMessage); the answer streams on the session's events."""
@@ -66,6 +70,7 @@ def message(body: dict[str, Any], session_id: Any) -> Response:
 
 @blp.route("/<uuid:session_id>/close", methods=["POST"])
 @blp.arguments(CloseSchema)
+@blp.alt_response(200, schema=SessionSchema, success=True, description="The closed session")
 @blp.doc(**SECURED)
 def close(body: dict[str, Any], session_id: Any) -> Response:
     """Close the session (CloseChatSession): cancels an answer in flight, returns the stats."""

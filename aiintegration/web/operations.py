@@ -12,6 +12,15 @@ from aiintegration.commands import dlq, providers
 from aiintegration.domain.records import public
 from aiintegration.domain.submission import TASK_TYPES
 from aiintegration.web import context
+from aiintegration.web.responses import (
+    DlqEntrySchema,
+    DlqListSchema,
+    ProviderSchema,
+    ProvidersSchema,
+    ReplayedSchema,
+    SwitchedSchema,
+)
+from aiintegration.web.tasks import TaskSchema
 
 blp = Blueprint("operations", __name__, url_prefix="/v1", description="Dead-letter queue and providers")
 SECURED = {"security": [{"bearer": []}]}
@@ -61,6 +70,7 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 @blp.route("/dlq")
 @blp.arguments(DlqQuerySchema, location="query")
+@blp.alt_response(200, schema=DlqListSchema, success=True, description="DLQ entries")
 @blp.doc(**SECURED)
 def list_dlq(query: dict[str, Any]) -> Response:
     """DLQ entries, newest first, filtered."""
@@ -71,6 +81,7 @@ def list_dlq(query: dict[str, Any]) -> Response:
 
 @blp.route("/dlq/<uuid:task_id>/replay", methods=["POST"])
 @blp.arguments(ReplaySchema)
+@blp.alt_response(202, schema=TaskSchema, success=True, description="The task, queued again")
 @blp.doc(**SECURED)
 def replay_one(body: dict[str, Any], task_id: Any) -> Response:
     """Requeue one dead-lettered task under its same id and history."""
@@ -79,6 +90,7 @@ def replay_one(body: dict[str, Any], task_id: Any) -> Response:
 
 @blp.route("/dlq/replay", methods=["POST"])
 @blp.arguments(DlqFilterSchema)
+@blp.alt_response(202, schema=ReplayedSchema, success=True, description="Replayed and skipped ids")
 @blp.doc(**SECURED)
 def replay_filtered(body: dict[str, Any]) -> Response:
     """Requeue every entry matching the filter (at least one filter field)."""
@@ -87,6 +99,7 @@ def replay_filtered(body: dict[str, Any]) -> Response:
 
 @blp.route("/dlq/<uuid:task_id>/review", methods=["POST"])
 @blp.arguments(ReviewSchema)
+@blp.alt_response(200, schema=DlqEntrySchema, success=True, description="The annotated entry")
 @blp.doc(**SECURED)
 def review(body: dict[str, Any], task_id: Any) -> Response:
     """Annotate an entry (and mark it for manual review)."""
@@ -94,6 +107,7 @@ def review(body: dict[str, Any], task_id: Any) -> Response:
 
 
 @blp.route("/dlq/<uuid:task_id>", methods=["DELETE"])
+@blp.alt_response(200, schema=DlqEntrySchema, success=True, description="The discarded entry")
 @blp.doc(**SECURED)
 def discard(task_id: Any) -> Response:
     """Discard an entry: it leaves the DLQ and the record starts its retention clock."""
@@ -101,6 +115,7 @@ def discard(task_id: Any) -> Response:
 
 
 @blp.route("/providers")
+@blp.alt_response(200, schema=ProvidersSchema, success=True, description="Order and providers")
 @blp.doc(**SECURED)
 def list_providers() -> Response:
     """Preference order, configs (keys redacted) and breaker states."""
@@ -109,6 +124,7 @@ def list_providers() -> Response:
 
 @blp.route("/providers/<string:name>/config", methods=["PUT"])
 @blp.arguments(ProviderConfigSchema)
+@blp.alt_response(200, schema=ProviderSchema, success=True, description="The applied config")
 @blp.doc(**SECURED)
 def update_config(body: dict[str, Any], name: str) -> Response:
     """Validate, live-test and apply a provider config (UpdateProviderConfig)."""
@@ -117,6 +133,7 @@ def update_config(body: dict[str, Any], name: str) -> Response:
 
 @blp.route("/providers/switch", methods=["POST"])
 @blp.arguments(SwitchSchema)
+@blp.alt_response(200, schema=SwitchedSchema, success=True, description="The new order")
 @blp.doc(**SECURED)
 def switch(body: dict[str, Any]) -> Response:
     """Put `to_provider` ahead of `from_provider` (SwitchProvider)."""

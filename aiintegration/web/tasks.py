@@ -80,11 +80,15 @@ class TaskListSchema(Schema):
     next_cursor = fields.String(allow_none=True)
 
 
+CURSOR = (r"^-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][+-]?[0-9]{1,2})?"  # always a finite float
+          r"\|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
 class ListQuerySchema(Schema):
     status = fields.String(validate=validate.OneOf([s.value for s in TaskStatus]))
     requested_by = fields.String(validate=validate.Length(min=1, max=200))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
-    cursor = fields.String(validate=validate.Regexp(r"^[0-9.e+-]+\|[0-9a-f-]{36}$"))
+    cursor = fields.String(validate=validate.Regexp(CURSOR, error="not a cursor from a previous page's next_cursor"))
 
 
 class CancelSchema(Schema):
