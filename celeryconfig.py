@@ -10,6 +10,10 @@ from aiintegration.config import get_settings
 _s = get_settings()
 
 broker_url = _s.redis_url
+# kombu's Redis transport minus a client object per command (aiintegration/store/broker.py).
+# rediss:// and sentinel:// keep kombu's own transport: its TLS defaults hang on the scheme.
+if broker_url.startswith("redis://"):
+    broker_transport = "aiintegration.store.broker:Transport"
 result_backend = _s.redis_url
 broker_connection_retry_on_startup = True
 
@@ -47,7 +51,9 @@ task_default_priority = 4  # API priority 5
 
 task_default_queue = "celery"
 worker_send_task_events = True
-task_send_sent_event = True
+# task-sent events (Flower shows a task before a worker receives it) cost ~1 ms of CPU per
+# submission and go through one process-wide lock; the task record already says `queued`.
+task_send_sent_event = os.environ.get("AII_TASK_SENT_EVENTS", "0") == "1"
 worker_hijack_root_logger = False
 worker_cancel_long_running_tasks_on_connection_loss = False
 

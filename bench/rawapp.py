@@ -11,3 +11,13 @@ app.conf.beat_schedule = {}
 @app.task(name="bench.noop")
 def noop(i: int) -> int:
     return i
+
+
+@app.task(name="bench.sleep")
+def sleep(seconds: float) -> tuple[float, float]:
+    """An I/O-bound call (bench/io_concurrency.py): when it started and ended."""
+    import time
+
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()

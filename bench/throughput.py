@@ -23,14 +23,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def start_worker(app: str, url: str, concurrency: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "REDIS_URL": url, "AII_PROVIDERS": "local", "AII_LOCAL_LATENCY_MS": "0",
+def start_worker(app: str, url: str, concurrency: int, log: Path, *, latency_ms: float = 0,
+                 wait: bool = True, pool: str = "threads") -> subprocess.Popen[bytes]:
+    env = {**os.environ, "REDIS_URL": url, "AII_PROVIDERS": "local", "AII_LOCAL_LATENCY_MS": str(latency_ms),
            "AII_LOG_FORMAT": "text"}
     out = log.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", app, "worker", "-P", "threads", "-c",
+    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", app, "worker", "-P", pool, "-c",
                              str(concurrency), "-E", "-l", "WARNING", "--without-gossip", "--without-mingle",
                              "-n", f"{app}@bench"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
+    if not wait:  # the caller watches its tasks instead
+        return proc
     from bench.rawapp import app as probe  # same transport options as the workers
 
     probe.conf.broker_url = url

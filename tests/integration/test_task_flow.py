@@ -124,3 +124,51 @@ def test_retrying_a_succeeded_or_cancelled_task_is_a_409_with_its_status(client,
     resp = client.post(f"/v1/tasks/{done}/retry", json={"retry_reason": "again"}, headers=auth)
     assert resp.status_code == 409 and resp.json["error"]["details"]["status"] == "succeeded"
     assert client.post(f"/v1/tasks/{done}/retry", json={}, headers=auth).status_code == 422
+
+
+def _command_calls(redis_client, name: str) -> int:
+    return int(redis_client.info("commandstats").get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+def test_a_submission_publishes_without_result_subscriptions_or_a_client_per_command(client, auth, ctx):
+    """Costs found by bench/submit_latency.py: Celery's send_task SUBSCRIBEs to a result
+    channel unless told the result is ignored, and kombu builds a redis.Redis per command."""
+    import redis
+
+    from aiintegration.store.broker import Transport
+    from tests.support import celery_for
+
+    assert type(celery_for(ctx.settings.redis_url).connection_for_write().transport) is Transport
+    built = 0
+    original = redis.Redis.__init__
+
+    def counting(self, *args, **kwargs):
+        nonlocal built
+        built += 1
+        original(self, *args, **kwargs)
+
+    raw = ctx.tasks.r
+    subscribes = _command_calls(raw, "subscribe")
+    redis.Redis.__init__ = counting
+    try:
+        ids = [submit(client, auth).json["id"] for _ in range(20)]
+    finally:
+        redis.Redis.__init__ = original
+    assert _command_calls(raw, "subscribe") == subscribes
+    assert built <= 2, f"{built} redis.Redis objects for 20 submissions"
+    for task_id in ids:
+        wait_status(ctx, task_id, ["succeeded"])
+
+
+def test_the_broker_channel_rebuilds_its_client_with_a_new_pool(ctx):
+    from tests.support import celery_for
+
+    with celery_for(ctx.settings.redis_url).connection_for_write() as conn:
+        channel = conn.default_channel
+        first = channel._create_client()
+        assert channel._create_client() is first
+        assert channel._create_client(asynchronous=True) is not first
+        channel._disconnect_pools()  # what kombu does after a fork or a failed ping
+        second = channel._create_client()
+        assert second is not first and second.connection_pool is channel.pool
+        assert second.ping()

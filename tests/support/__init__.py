@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -13,9 +14,8 @@ from typing import Any
 
 from celery import Celery
 
-from aiintegration.commands.context import Context
+from aiintegration.commands.context import Context, enqueue_process_task
 from aiintegration.config import Settings
-from aiintegration.domain.states import to_broker_priority
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,13 +42,7 @@ def context_for(url: str, **settings: Any) -> Context:
     s = Settings.from_env({**os.environ, "REDIS_URL": url})
     if settings:
         s = Settings(**{**s.__dict__, **settings})
-    app = celery_for(url)
-
-    def enqueue(task_id: str, priority: int, countdown: float | None = None) -> None:
-        app.send_task("aiintegration.process_task", kwargs={"task_id": task_id},
-                      priority=to_broker_priority(priority), countdown=countdown or None)
-
-    return Context.from_settings(s, enqueue=enqueue)
+    return Context.from_settings(s, enqueue=functools.partial(enqueue_process_task, celery_for(url)))
 
 
 class Worker:

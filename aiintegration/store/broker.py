@@ -1,0 +1,30 @@
+"""The Redis broker transport: kombu's own, with one Redis client object per channel.
+
+kombu builds a new `redis.Redis` around the channel's connection pool for every command it
+sends (publish, ack, QoS bookkeeping). With redis-py 8 each construction costs ~0.2 ms of
+CPU, about an eighth of a submission. A `redis.Redis` is safe to share between threads and
+greenlets (each command checks a connection out of the pool), so the channel keeps one.
+Selected by `celeryconfig.broker_transport` for `redis://` URLs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+
+
+class Channel(kombu_redis.Channel):
+    _shared_client: Any = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:  # the BRPOP/pub-sub client is per channel already
+            return super()._create_client(asynchronous=True)
+        client = self._shared_client
+        if client is None or client.connection_pool is not self.pool:  # the pool is rebuilt after a fork
+            client = self._shared_client = super()._create_client()
+        return client
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
