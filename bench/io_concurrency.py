@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.throughput import start_worker, stop  # noqa: E402
+from bench.throughput import bench_valkey, start_worker, stop  # noqa: E402
 
 
 def run_raw(url: str, n: int, concurrency: int, latency: float, log: Path, pool: str) -> float:
@@ -79,13 +78,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.5, help="seconds per provider call")
     parser.add_argument("--pool", default="threads", choices=["threads", "gevent"])
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="aii-bench-io-"))
-    os.environ["REDIS_URL"] = "redis://127.0.0.1:1/0"  # replaced below; celeryconfig reads it at import
-    from aiintegration.embedded import EmbeddedValkey
-
-    with EmbeddedValkey(tmp / "valkey", appendonly=False) as valkey:
-        base = f"redis://127.0.0.1:{valkey.port}"
-        os.environ["REDIS_URL"] = f"{base}/1"
+    with bench_valkey("aii-bench-io-") as (tmp, base):
         raw = run_raw(f"{base}/1", args.tasks, args.concurrency, args.latency, tmp / "raw.log", args.pool)
         system = run_system(f"{base}/2", args.tasks, args.concurrency, args.latency, tmp / "sys.log", args.pool)
     ideal = args.concurrency / args.latency

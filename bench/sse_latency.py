@@ -54,6 +54,19 @@ def wait_log(proc: subprocess.Popen[bytes], log: Path, marker: str, timeout_s: f
     raise RuntimeError(f"{marker!r} never appeared:\n{log.read_text(errors='replace')[-3000:]}")
 
 
+def wait_http(url: str, log: Path, timeout_s: float = 60) -> None:
+    """Until `url` answers 200 (the web app is up, and for /readyz a worker too)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} never answered 200:\n{log.read_text(errors='replace')[-2000:]}")
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -161,16 +174,7 @@ def main() -> None:
                     env, tmp / "web.log")
         try:
             wait_log(web, tmp / "web.log", "Booting worker")
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
-            else:
-                raise RuntimeError(f"web/worker not ready:\n{(tmp / 'web.log').read_text()[-2000:]}")
+            wait_http(f"http://127.0.0.1:{port}/readyz", tmp / "web.log")
             procs = {"provider": fake, "worker": worker, "web": web}
             before = {name: cpu_seconds(proc.pid) for name, proc in procs.items()}
             client_before = time.process_time()

@@ -25,12 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.sse_latency import TOKEN, cpu_seconds, percentile, spawn, stop, wait_log  # noqa: E402
+from bench.sse_latency import TOKEN, cpu_seconds, percentile, spawn, stop, wait_http, wait_log  # noqa: E402
 
 BODY = {"task_type": "text_generation", "request_content": {"prompt": "submit path benchmark"},
         "requested_by": "bench"}
@@ -122,19 +120,11 @@ def main() -> None:
         env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{valkey.port}/0", "AII_PROVIDERS": "local",
                "AII_API_TOKENS": TOKEN, "AII_LOG_FORMAT": "text"}
         web = spawn([sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(args.web_workers),
-                     "--worker-connections", "1000", *(["-c", os.environ["BENCH_GUNICORN_CONF"]] if os.environ.get("BENCH_GUNICORN_CONF") else []), "--keep-alive", "30", "-b", f"127.0.0.1:{port}",
+                     "--worker-connections", "1000", "--keep-alive", "30", "-b", f"127.0.0.1:{port}",
                      "aiintegration.web:create_app()"], env, tmp / "web.log")
         try:
             wait_log(web, tmp / "web.log", "Booting worker")
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
+            wait_http(f"http://127.0.0.1:{port}/healthz", tmp / "web.log")
             asyncio.run(load("127.0.0.1", port, 50, 2))  # warm up: imports, connection pools
             rates = [200, 300, 400, 500, 600, 800, 1000] if args.find_max else [args.rate]
             for rate in rates:

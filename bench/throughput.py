@@ -12,15 +12,31 @@ zero-latency `local` provider, wait until all N records are `succeeded`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+@contextlib.contextmanager
+def bench_valkey(prefix: str) -> Iterator[tuple[Path, str]]:
+    """A fresh embedded Valkey (no AOF) and a scratch directory: (tmp, redis://host:port).
+    REDIS_URL points at its database 1 before celeryconfig is first imported."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ["REDIS_URL"] = "redis://127.0.0.1:1/0"  # replaced below; celeryconfig reads it at import
+    from aiintegration.embedded import EmbeddedValkey
+
+    with EmbeddedValkey(tmp / "valkey", appendonly=False) as valkey:
+        base = f"redis://127.0.0.1:{valkey.port}"
+        os.environ["REDIS_URL"] = f"{base}/1"
+        yield tmp, base
 
 
 def start_worker(app: str, url: str, concurrency: int, log: Path, *, latency_ms: float = 0,
@@ -99,13 +115,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="aii-bench-"))
-    os.environ["REDIS_URL"] = "redis://127.0.0.1:1/0"  # replaced below; celeryconfig reads it at import
-    from aiintegration.embedded import EmbeddedValkey
-
-    with EmbeddedValkey(tmp / "valkey", appendonly=False) as valkey:
-        base = f"redis://127.0.0.1:{valkey.port}"
-        os.environ["REDIS_URL"] = f"{base}/1"
+    with bench_valkey("aii-bench-") as (tmp, base):
         raw_w = start_worker("bench.rawapp", f"{base}/1", args.concurrency, tmp / "raw.log")
         sys_w = start_worker("aiintegration.celery_app", f"{base}/2", args.concurrency, tmp / "sys.log")
         raw, sys_, submit = [], [], []
