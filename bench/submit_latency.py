@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.sse_latency import TOKEN, cpu_seconds, percentile, spawn, stop, wait_http, wait_log  # noqa: E402
+from bench.sse_latency import TOKEN, cpu_seconds, gunicorn, percentile, spawn, stop, wait_http, wait_log  # noqa: E402
 
 BODY = {"task_type": "text_generation", "request_content": {"prompt": "submit path benchmark"},
         "requested_by": "bench"}
@@ -119,9 +119,7 @@ def main() -> None:
                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
         env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{valkey.port}/0", "AII_PROVIDERS": "local",
                "AII_API_TOKENS": TOKEN, "AII_LOG_FORMAT": "text"}
-        web = spawn([sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(args.web_workers),
-                     "--worker-connections", "1000", "--keep-alive", "30", "-b", f"127.0.0.1:{port}",
-                     "aiintegration.web:create_app()"], env, tmp / "web.log")
+        web = spawn(gunicorn(port, args.web_workers, tmp), env, tmp / "web.log")
         try:
             wait_log(web, tmp / "web.log", "Booting worker")
             wait_http(f"http://127.0.0.1:{port}/healthz", tmp / "web.log")
@@ -139,7 +137,7 @@ def main() -> None:
         finally:
             stop(web)
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"gunicorn -k gevent -w {args.web_workers}, Valkey with AOF (everysec), no worker (tasks queue), "
+    print(f"gunicorn as in the Procfile (gevent x{args.web_workers}, keep-alive 75 s, access log), Valkey with AOF (everysec), no worker (tasks queue), "
           f"{os.cpu_count()} CPUs shared by server, Valkey and load generator")
     for line in lines:
         print(line)

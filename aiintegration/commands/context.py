@@ -36,7 +36,7 @@ _SEND_OPTIONS: dict[str, Any] = {"ignore_result": True, "result_cls": _Sent, "ad
 
 
 def publish(app: Any, name: str, kwargs: dict[str, Any], **options: Any) -> None:
-    """Put one task message on `app`'s broker; every message this system sends goes here."""
+    """Put one task message on `app`'s broker (every message the commands send comes here)."""
     app.send_task(name, kwargs=kwargs, **_SEND_OPTIONS, **options)
 
 
