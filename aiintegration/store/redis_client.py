@@ -14,7 +14,7 @@ _clients: dict[str, redis.Redis] = {}
 _lock = threading.Lock()
 log = logging.getLogger(__name__)
 
-# Server settings that keep a finished task record near 2.5 KiB instead of ~8 KiB
+# Server settings that keep a finished task record near 3 KiB instead of ~7 KiB
 # (bench/memory_and_sweeps.py). Redis and Valkey preallocate a stream's first node to
 # stream-node-max-bytes (4096 by default), so every task's own event stream of three or
 # four events costs 4 KiB; and a hash with any value over hash-max-listpack-value (64)
@@ -33,8 +33,8 @@ def check_server_config(client: redis.Redis) -> list[str]:
         except redis.RedisError:
             return []
         if current is not None and current.isdigit() and int(current) != wanted:
-            warnings.append(f"Redis {name} is {current}; {wanted} keeps finished task records about "
-                            f"3x smaller (README, 'Redis settings')")
+            warnings.append(f"Redis {name} is {current}; {wanted} makes finished task records "
+                            f"less than half the size (README, 'Redis settings')")
             log.warning(warnings[-1])
     return warnings
 
