@@ -46,6 +46,7 @@ class Settings:
     pending_interval_s: float = 60.0
     pending_grace_s: float = 120.0
     retention_s: int = 604800
+    events_compact_after_s: float = 300.0  # a finished task's event stream folds into its record
     idempotency_ttl_s: int = 86400
     task_stream_maxlen: int = 2000
     global_stream_maxlen: int = 100000
@@ -83,6 +84,7 @@ class Settings:
             pending_interval_s=_float(env, "AII_PENDING_INTERVAL_S", cls.pending_interval_s),
             pending_grace_s=_float(env, "AII_PENDING_GRACE_S", cls.pending_grace_s),
             retention_s=_int(env, "AII_RETENTION_S", cls.retention_s),
+            events_compact_after_s=_float(env, "AII_EVENTS_COMPACT_AFTER_S", cls.events_compact_after_s),
             flower_auth=env.get("AII_FLOWER_AUTH", ""),
             webhook_secret=env.get("AII_WEBHOOK_SECRET", ""),
             webhook_allow_private=env.get("AII_WEBHOOK_ALLOW_PRIVATE", "") in ("1", "true", "yes"),

@@ -3,8 +3,10 @@ number of stored records.
 
 Records are made by the real commands (`create_generation_task` then `process_task` with
 the `local` provider, in-process, a no-op enqueue so no broker message is left behind), in
-`--procs` processes. At each size (10k, 100k; 1M with `--sizes 10000,100000,1000000`) the
-store then gets a fixed batch of due work: records whose retention ran out and running
+`--procs` processes. At each size (10k, 100k; 1M with `--sizes 10000,100000,1000000`)
+memory is read as the records finish, and again once their event streams are folded into
+the records (what the cleanup sweep does AII_EVENTS_COMPACT_AFTER_S after a task finished).
+Then the store gets a fixed batch of due work: records whose retention ran out and running
 records past their deadline. Each sweep is timed on that batch, then once more with nothing
 due. The claim is that sweep time follows the due work, not the total stored.
 
@@ -14,7 +16,6 @@ due. The claim is that sweep time follows the due work, not the total stored.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import statistics
@@ -65,14 +66,15 @@ def populate(url: str, count: int, procs: int, retention_s: int = 604800) -> flo
 
 
 def record_sizes(client: Any, sample: int = 200) -> dict[str, float]:
-    """Average MEMORY USAGE of a finished record's own keys, and its payload bytes."""
+    """Average MEMORY USAGE of a finished record's own keys (0 for a stream folded into its
+    record), and its payload: the request and result JSON as stored."""
     ids = [i for i in client.zrange("aii:idx:status:succeeded", 0, sample - 1)]
     hashes, streams, payload = [], [], []
     for task_id in ids:
         hashes.append(client.memory_usage(f"aii:task:{task_id}", samples=0))
-        streams.append(client.memory_usage(f"aii:events:task:{task_id}", samples=0))
+        streams.append(client.memory_usage(f"aii:events:task:{task_id}", samples=0) or 0)
         request, result = client.hmget(f"aii:task:{task_id}", "request_content", "result")
-        payload.append(len(request) + len(json.loads(result)["text"].encode()))
+        payload.append(len(request.encode()) + len(result.encode()))
     return {"hash": statistics.mean(hashes), "stream": statistics.mean(streams), "payload": statistics.mean(payload)}
 
 
@@ -145,15 +147,23 @@ def main() -> None:
             lines.append(f"populated {size - stored} records in {took:.1f} s "
                          f"({(size - stored) / took:.0f}/s with {args.procs} processes)")
             stored = size
-            used = client.info("memory")["used_memory"] - base
-            sizes_now = record_sizes(client)
-            gstream = client.memory_usage("aii:events", samples=0) or 0
-            lines.append(
-                f"N={size:>8}: used_memory {used / 2**20:8.1f} MiB = {used / size:6.0f} B/record "
-                f"({(used - gstream) / size:6.0f} B without the capped global event stream, "
-                f"{gstream / 2**20:.1f} MiB); record hash {sizes_now['hash']:.0f} B + own event stream "
-                f"{sizes_now['stream']:.0f} B; payload (prompt + text) {sizes_now['payload']:.0f} B")
-            print(lines[-1], flush=True)
+            for stage in ("as finished", "compacted"):
+                if stage == "compacted":  # what the cleanup sweep does once they are 5 min old
+                    started = time.perf_counter()
+                    folded = _context(url).tasks.compact_finished(before=time.time() + 1, limit=10**9)
+                    took = time.perf_counter() - started
+                    lines.append(f"compacted {folded} finished records' event streams in {took:.1f} s "
+                                 f"({took / max(folded, 1) * 1e6:.0f} us each)")
+                    print(lines[-1], flush=True)
+                used = client.info("memory")["used_memory"] - base
+                sizes_now = record_sizes(client)
+                gstream = client.memory_usage("aii:events", samples=0) or 0
+                lines.append(
+                    f"N={size:>8} {stage:11s}: used_memory {used / 2**20:8.1f} MiB = {used / size:5.0f} B/record "
+                    f"({(used - gstream) / size:5.0f} B without the capped global event stream, "
+                    f"{gstream / 2**20:.1f} MiB); record hash {sizes_now['hash']:.0f} B + own event stream "
+                    f"{sizes_now['stream']:.0f} B; payload as stored {sizes_now['payload']:.0f} B")
+                print(lines[-1], flush=True)
             make_due(url, args.due, args.procs)
             sweeps = time_sweeps(url)
             for name, s in sweeps.items():

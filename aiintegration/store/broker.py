@@ -4,6 +4,7 @@ kombu builds a new `redis.Redis` around the channel's connection pool for every 
 sends (publish, ack, QoS bookkeeping). With redis-py 8 each construction costs ~0.2 ms of
 CPU, about an eighth of a submission. A `redis.Redis` is safe to share between threads and
 greenlets (each command checks a connection out of the pool), so the channel keeps one.
+It also survives a close after a lost connection that kombu's own does not (see below).
 Selected by `celeryconfig.broker_transport` for `redis://` URLs.
 """
 
@@ -21,6 +22,13 @@ class Channel(kombu_redis.Channel):
         if asynchronous:  # the BRPOP/pub-sub client is per channel already
             return super()._create_client(asynchronous=True)
         client = self._shared_client
+        if client is not None and self._pool is None and getattr(self, "_closing", False):
+            # Closing drops the pools, then restores the unacked messages through a new
+            # client; when the broker connection was lost first, kombu cannot build one
+            # (AttributeError on the released connection: "Unrecoverable error", the worker
+            # exits). The old client's pool reconnects, or fails with a ConnectionError that
+            # kombu expects and the visibility timeout covers.
+            return client
         if client is None or client.connection_pool is not self.pool:  # the pool is rebuilt after a fork
             client = self._shared_client = super()._create_client()
         return client

@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from aiintegration.domain.records import dumps, iso
+from aiintegration.store.tasks import stream_after
 
 JSON_FIELDS = ("context", "stats")
 
@@ -34,6 +35,12 @@ class ChatStore:
 
     def stream_key(self, session_id: str) -> str:
         return f"{self.p}:events:chat:{session_id}"
+
+    def final_events(self, session_id: str, after: str) -> list[tuple[str, dict[str, str]]] | None:
+        """None while the session is open; once closed, its events after stream id `after`."""
+        if self.r.hget(self.key(session_id), "status") != "closed":
+            return None
+        return stream_after(self.r, self.stream_key(session_id), after)
 
     def event_data(self, event: str, session_id: str, **fields: Any) -> str:
         return dumps({"type": event, "at": iso(time.time()), "session_id": session_id, **fields})

@@ -124,6 +124,7 @@ if ttl > 0 then
   -- id|requested_by|status: enough to drop the id from every index once the record expires
   redis.call('ZADD', p .. ':idx:expiry', tonumber(now) + ttl,
     id .. '|' .. to .. '|' .. redis.call('HGET', KEYS[1], 'requested_by'))
+  redis.call('ZADD', p .. ':idx:compact', now, id)  -- its event stream is folded in later (COMPACT)
 elseif ttl < 0 then
   redis.call('PERSIST', KEYS[1])
   redis.call('PERSIST', KEYS[2])
@@ -170,4 +171,32 @@ for i, key in ipairs(KEYS) do
   end
 end
 return out
+"""
+
+
+# KEYS: task, task stream. ARGV: prefix, id.
+# A succeeded or cancelled task gets no more events: its stream (a Redis stream costs ~1.3
+# KiB even for three events) is folded into the record as `events`, one "<stream id>
+# <data JSON>" line per event, and deleted; fields of the running attempt go too. Returns 1
+# when it did. Idempotent.
+COMPACT = """
+local p, id = ARGV[1], ARGV[2]
+redis.call('ZREM', p .. ':idx:compact', id)
+local st = redis.call('HGET', KEYS[1], 'status')
+if (st ~= 'succeeded' and st ~= 'cancelled') or redis.call('HEXISTS', KEYS[1], 'events') == 1 then return 0 end
+local lines = {}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
+  local f = entry[2]
+  for j = 1, #f, 2 do
+    if f[j] == 'data' then lines[#lines + 1] = entry[1] .. ' ' .. f[j + 1] end
+  end
+end
+redis.call('HSET', KEYS[1], 'events', table.concat(lines, '\\n'))
+redis.call('DEL', KEYS[2])
+-- fields that only mattered while it ran, and empty ones (a missing field reads as empty)
+local drop = {'run_id', 'lease_until', 'enqueued_at'}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do if all[i + 1] == '' then drop[#drop + 1] = all[i] end end
+redis.call('HDEL', KEYS[1], unpack(drop))
+return 1
 """

@@ -1,7 +1,8 @@
 """Task records in Redis: create, claim, transition, heartbeat, look up and list.
 
 A record is a hash `{p}:task:{id}`; its events go to `{p}:events:task:{id}` and the global
-stream `{p}:events`. Listing, deadlines, leases, retries and expiry use sorted sets, never
+stream `{p}:events` (a succeeded or cancelled task's own stream is later folded into the
+record as `events`, see `compact_finished`). Listing, deadlines, leases, retries and expiry use sorted sets, never
 a keyspace scan. Every state change is one Lua script (see `scripts.py`).
 """
 
@@ -20,6 +21,19 @@ from aiintegration.domain.records import decode, dumps, iso
 from aiintegration.domain.states import TaskStatus
 from aiintegration.domain.submission import Submission
 from aiintegration.store import scripts
+
+FEED_FINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.CANCELLED, TaskStatus.DEAD_LETTERED})
+
+
+def _stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def stream_after(client: redis.Redis, key: str, after: str) -> list[tuple[str, dict[str, str]]]:
+    """Every entry of stream `key` after id `after` ("0-0": all of them)."""
+    rows = client.xrange(key, f"({after}" if after != "0-0" else "-", "+")
+    return [(str(entry_id), dict(fields)) for entry_id, fields in rows]
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,7 @@ class TaskStore:
         self._claim = client.register_script(scripts.CLAIM)
         self._transition = client.register_script(scripts.TRANSITION)
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
+        self._compact = client.register_script(scripts.COMPACT)
 
     # keys ------------------------------------------------------------------------------
     def key(self, task_id: str) -> str:
@@ -223,6 +238,38 @@ class TaskStore:
         pipe.zrem(key, *members)
         pipe.execute()
         return len(members)
+
+    def compact_finished(self, *, before: float, limit: int = 50000, batch: int = 500) -> int:
+        """Fold the event streams of tasks that finished (succeeded/cancelled) before `before`
+        into their records. Work follows the number finished since the last run."""
+        done = 0
+        while done < limit:
+            ids = self.r.zrangebyscore(f"{self.p}:idx:compact", "-inf", before, start=0, num=min(batch, limit - done))
+            if not ids:
+                break
+            pipe = self.r.pipeline(transaction=False)
+            for task_id in ids:
+                self._compact(keys=[self.key(task_id), self.stream_key(task_id)], args=[self.p, task_id], client=pipe)
+            pipe.execute()
+            done += len(ids)
+        return done
+
+    def final_events(self, task_id: str, after: str) -> list[tuple[str, dict[str, str]]] | None:
+        """None while the task may still change; once it is final for a feed (succeeded,
+        cancelled, dead-lettered), its events after stream id `after`, wherever they are
+        kept (the stream, or the record once compacted)."""
+        status, folded = self.r.hmget(self.key(task_id), "status", "events")
+        if status not in FEED_FINAL:
+            return None
+        if folded is None:
+            return stream_after(self.r, self.stream_key(task_id), after)
+        start = _stream_id(after)
+        out = []
+        for line in folded.split("\n") if folded else []:
+            entry_id, data = line.split(" ", 1)
+            if _stream_id(entry_id) > start:
+                out.append((entry_id, {"type": json.loads(data)["type"], "data": data}))
+        return out
 
     def count(self, status: str) -> int:
         return int(self.r.zcard(f"{self.p}:idx:status:{status}"))

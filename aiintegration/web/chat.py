@@ -83,5 +83,7 @@ def events(session_id: Any) -> Response:
     """SSE: chat.message, chat.response.delta/completed/incomplete, chat.session_closed."""
     ctx = context()
     chat.get_session(ctx, str(session_id))  # 404 for unknown sessions
-    return feed(chat.chat_store(ctx).stream_key(str(session_id)), after=last_event_id(),
-                is_end=lambda kind: kind == "chat.session_closed")
+    store = chat.chat_store(ctx)
+    return feed(store.stream_key(str(session_id)), after=last_event_id(),
+                is_end=lambda kind: kind == "chat.session_closed",
+                final=lambda last: store.final_events(str(session_id), last))

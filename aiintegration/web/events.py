@@ -36,16 +36,35 @@ def last_event_id() -> str:
     return value
 
 
-def feed(stream_key: str, *, is_end: Callable[[str], bool], after: str) -> Response:
+Rows = list[tuple[str, dict[str, str]]]
+
+
+def feed(stream_key: str, *, is_end: Callable[[str], bool], after: str,
+         final: Callable[[str], Rows | None] | None = None) -> Response:
+    """`final(last_id)`, when given, returns None while more events may come, else the
+    remaining events after `last_id` (from wherever they are kept), and the feed ends after
+    them. It is asked at the start and after every empty wait: a finished task's feed
+    (compacted or not, resumed past its last event or not) ends at once instead of waiting."""
     ctx = context()
     heartbeat_ms = int(ctx.settings.sse_heartbeat_s * 1000)
     max_s = ctx.settings.sse_max_s
 
+    def message(entry_id: str, fields: dict[str, str]) -> str:
+        return f"id: {entry_id}\nevent: {fields['type']}\ndata: {fields['data']}\n\n"
+
     def generate() -> Iterator[str]:
         last, until = after, time.monotonic() + max_s
         next_beat = time.monotonic() + heartbeat_ms / 1000
+        idle = True
         yield "retry: 2000\n\n"
         while time.monotonic() < until:
+            rest = final(last) if final is not None and idle else None
+            if rest is not None:
+                for entry_id, fields in rest:
+                    yield message(entry_id, fields)
+                    if is_end(fields["type"]):
+                        break
+                return
             try:
                 # Short blocks: a blocked read that outlives a socket timeout (seen under
                 # gevent) is just "nothing yet", not an error that ends the feed.
@@ -53,14 +72,15 @@ def feed(stream_key: str, *, is_end: Callable[[str], bool], after: str) -> Respo
             except redis.TimeoutError:
                 reply = None
             rows = _entries(reply, stream_key)
-            if not rows:
+            idle = not rows
+            if idle:
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + heartbeat_ms / 1000
                     yield ": heartbeat\n\n"
                 continue
             for entry_id, fields in rows:
                 last = entry_id
-                yield f"id: {entry_id}\nevent: {fields['type']}\ndata: {fields['data']}\n\n"
+                yield message(entry_id, fields)
                 if is_end(fields["type"]):
                     return
 

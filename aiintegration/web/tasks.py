@@ -166,7 +166,8 @@ def task_events(task_id: Any) -> Response:
     ctx = context()
     lifecycle.get_task(ctx, str(task_id))  # 404 for unknown tasks
     terminal = {"task.succeeded", "task.cancelled", "task.dead_lettered"}
-    return feed(ctx.tasks.stream_key(str(task_id)), after=last_event_id(), is_end=terminal.__contains__)
+    return feed(ctx.tasks.stream_key(str(task_id)), after=last_event_id(), is_end=terminal.__contains__,
+                final=lambda last: ctx.tasks.final_events(str(task_id), last))
 
 
 def _json(payload: dict[str, Any], status: int) -> Response:

@@ -172,3 +172,19 @@ def test_the_broker_channel_rebuilds_its_client_with_a_new_pool(ctx):
         second = channel._create_client()
         assert second is not first and second.connection_pool is channel.pool
         assert second.ping()
+
+
+def test_closing_a_broker_channel_after_the_connection_was_released_does_not_raise(ctx):
+    """What killed a worker when Valkey restarted: kombu closes the channel (dropping its
+    pools), then restores unacked messages through a new client, which it cannot build once
+    the connection is released (AttributeError, "Unrecoverable error")."""
+    from tests.support import celery_for
+
+    conn = celery_for(ctx.settings.redis_url).connection_for_write()
+    channel = conn.default_channel
+    used = channel._create_client()
+    channel._closing = True
+    channel._disconnect_pools()
+    channel.connection.client = None  # as after Connection.release()
+    assert channel._create_client() is used
+    assert used.ping()  # its pool reconnects

@@ -1,0 +1,114 @@
+"""A finished task's event stream folded into its record by the cleanup sweep: its feed
+serves the same events (and resumes the same way) from wherever they are kept."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import pytest
+
+from aiintegration.commands.sweeps import cleanup_timed_out_tasks
+from tests.support import Worker, wait_status
+
+
+@pytest.fixture(scope="module", autouse=True)
+def worker(db):
+    with Worker(db, concurrency=4) as w:
+        yield w
+
+
+def finished_task(client, auth, ctx) -> str:
+    resp = client.post("/v1/tasks", headers=auth, json={
+        "task_type": "text_generation", "request_content": {"prompt": "compact me"}, "requested_by": "compaction"})
+    wait_status(ctx, resp.json["id"], ["succeeded"])
+    return resp.json["id"]
+
+
+def feed(client, auth, task_id: str, last: str | None = None, timeout_s: float = 5,
+         path: str | None = None) -> list[tuple[str, str, str]]:
+    """(id, event, data) of the task's SSE feed; fails if the feed does not end by itself."""
+    headers = {**auth, **({"Last-Event-ID": last} if last else {})}
+    out: dict[str, bytes] = {}
+
+    def read() -> None:
+        out["body"] = client.get(path or f"/v1/tasks/{task_id}/events", headers=headers).get_data()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    assert "body" in out, f"the feed {path or task_id} did not end within {timeout_s}s"
+    events = []
+    for block in out["body"].decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line and not line.startswith(":"))
+        if "id" in fields:
+            events.append((fields["id"], fields["event"], fields["data"]))
+    return events
+
+
+def test_a_compacted_task_serves_the_same_feed_and_resumes_the_same_way(client, auth, ctx):
+    task_id = finished_task(client, auth, ctx)
+    before = feed(client, auth, task_id)
+    assert [e for _, e, _ in before] == ["task.created", "task.started", "task.succeeded"]
+    r = ctx.redis
+    stream_bytes = r.memory_usage(ctx.tasks.stream_key(task_id), samples=0)
+    record_before = client.get(f"/v1/tasks/{task_id}", headers=auth).json
+
+    assert ctx.tasks.compact_finished(before=time.time() + 1) >= 1
+    assert not r.exists(ctx.tasks.stream_key(task_id))
+    assert r.hexists(ctx.tasks.key(task_id), "events")
+    assert r.ttl(ctx.tasks.key(task_id)) > 0  # still expires with its retention
+    assert ctx.tasks.compact_finished(before=time.time() + 1) == 0  # nothing left to fold
+    assert feed(client, auth, task_id) == before
+    assert feed(client, auth, task_id, last=before[0][0]) == before[1:]
+    assert feed(client, auth, task_id, last=before[-1][0]) == []
+    assert client.get(f"/v1/tasks/{task_id}", headers=auth).json == record_before  # the public record as it was
+    listed = client.get("/v1/tasks?requested_by=compaction&limit=200", headers=auth).json["items"]
+    assert record_before in listed
+    # What it saves: the whole stream, for a few hundred bytes in the hash.
+    assert stream_bytes > 1000
+
+
+def test_a_feed_resumed_past_a_finished_tasks_last_event_ends_at_once(client, auth, ctx):
+    task_id = finished_task(client, auth, ctx)
+    events = feed(client, auth, task_id)
+    started = time.monotonic()
+    assert feed(client, auth, task_id, last=events[-1][0]) == []
+    assert time.monotonic() - started < 1.5  # no blocked wait first
+    assert feed(client, auth, task_id, last=events[1][0]) == events[2:]
+
+
+def test_the_cleanup_sweep_compacts_only_tasks_finished_long_enough_ago(client, auth, ctx):
+    task_id = finished_task(client, auth, ctx)
+    stream = ctx.tasks.stream_key(task_id)
+    cleanup_timed_out_tasks(ctx)
+    assert ctx.redis.exists(stream), "a task that just finished may still have live feeds"
+    later = dataclasses.replace(ctx, clock=lambda: time.time() + ctx.settings.events_compact_after_s + 1)
+    result = cleanup_timed_out_tasks(later)
+    assert result["compacted"] >= 1
+    assert not ctx.redis.exists(stream) and ctx.redis.hexists(ctx.tasks.key(task_id), "events")
+
+
+def test_a_dead_lettered_task_is_never_compacted(ctx):
+    from aiintegration.domain.submission import validate_submission
+
+    sub = validate_submission(task_type="text_generation", request_content={"prompt": "x"}, requested_by="svc",
+                              default_timeout_s=300, max_timeout_s=3600, default_max_retries=3)
+    task_id, _ = ctx.tasks.create(sub)
+    done, _ = ctx.tasks.transition(task_id, to="dead_lettered", allowed_from=["queued"],
+                                   events=[("task.dead_lettered", {"reason": "test"})])
+    assert done
+    ctx.redis.zadd(f"{ctx.settings.key_prefix}:idx:compact", {task_id: 0})  # as if listed by mistake
+    ctx.tasks.compact_finished(before=time.time() + 1)
+    assert ctx.redis.exists(ctx.tasks.stream_key(task_id))  # a replay from the DLQ appends to it
+
+
+def test_a_closed_chat_sessions_feed_replays_and_ends_at_once(client, auth):
+    sid = client.post("/v1/chat/sessions", headers=auth, json={"user_id": "u-1", "item_id": "i-1", "initial_context": "a mug"}).json["id"]
+    assert client.post(f"/v1/chat/sessions/{sid}/close", headers=auth, json={"close_reason": "done"}).status_code == 200
+    path = f"/v1/chat/sessions/{sid}/events"
+    events = feed(client, auth, "", path=path)
+    assert [e for _, e, _ in events] == ["chat.session_started", "chat.session_closed"]
+    assert feed(client, auth, "", path=path, last=events[0][0]) == events[1:]
+    assert feed(client, auth, "", path=path, last=events[-1][0]) == []
