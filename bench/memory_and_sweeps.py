@@ -68,7 +68,7 @@ def populate(url: str, count: int, procs: int, retention_s: int = 604800) -> flo
 def record_sizes(client: Any, sample: int = 200) -> dict[str, float]:
     """Average MEMORY USAGE of a finished record's own keys (0 for a stream folded into its
     record), and its payload: the request and result JSON as stored."""
-    ids = [i for i in client.zrange("aii:idx:status:succeeded", 0, sample - 1)]
+    ids = client.zrange("aii:idx:status:succeeded", -sample, -1)  # the newest: the batch just made
     hashes, streams, payload = [], [], []
     for task_id in ids:
         hashes.append(client.memory_usage(f"aii:task:{task_id}", samples=0))
