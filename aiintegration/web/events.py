@@ -49,8 +49,17 @@ def feed(stream_key: str, *, is_end: Callable[[str], bool], after: str,
     heartbeat_ms = int(ctx.settings.sse_heartbeat_s * 1000)
     max_s = ctx.settings.sse_max_s
 
-    def message(entry_id: str, fields: dict[str, str]) -> str:
-        return f"id: {entry_id}\nevent: {fields['type']}\ndata: {fields['data']}\n\n"
+    def messages(rows: Rows) -> tuple[str, str | None, bool]:
+        """The SSE text of `rows` up to the feed's end, as one write (under load one read
+        returns several events: one socket write for all of them), the last id sent, and
+        whether the end was reached."""
+        out, last_id = [], None
+        for entry_id, fields in rows:
+            out.append(f"id: {entry_id}\nevent: {fields['type']}\ndata: {fields['data']}\n\n")
+            last_id = entry_id
+            if is_end(fields["type"]):
+                return "".join(out), last_id, True
+        return "".join(out), last_id, False
 
     def generate() -> Iterator[str]:
         last, until = after, time.monotonic() + max_s
@@ -60,10 +69,8 @@ def feed(stream_key: str, *, is_end: Callable[[str], bool], after: str,
         while time.monotonic() < until:
             rest = final(last) if final is not None and idle else None
             if rest is not None:
-                for entry_id, fields in rest:
-                    yield message(entry_id, fields)
-                    if is_end(fields["type"]):
-                        break
+                if rest:
+                    yield messages(rest)[0]
                 return
             try:
                 # Short blocks: a blocked read that outlives a socket timeout (seen under
@@ -78,11 +85,11 @@ def feed(stream_key: str, *, is_end: Callable[[str], bool], after: str,
                     next_beat = time.monotonic() + heartbeat_ms / 1000
                     yield ": heartbeat\n\n"
                 continue
-            for entry_id, fields in rows:
-                last = entry_id
-                yield message(entry_id, fields)
-                if is_end(fields["type"]):
-                    return
+            text, last_id, ended = messages(rows)
+            last = last_id or last
+            yield text
+            if ended:
+                return
 
     return Response(stream_with_context(generate()), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
