@@ -14,6 +14,7 @@ provider with latency_ms=500, completion, events) for each.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -39,18 +40,12 @@ def run_raw(url: str, n: int, concurrency: int, latency: float, log: Path, pool:
 
 
 def run_system(url: str, n: int, concurrency: int, latency: float, log: Path, pool: str) -> float:
-    from aiintegration.commands.context import Context
+    from aiintegration.commands.context import Context, enqueue_process_task
     from aiintegration.commands.create import create_generation_task
     from aiintegration.config import Settings
-    from aiintegration.domain.states import to_broker_priority
     from tests.support import celery_for
 
-    publisher = celery_for(url)
-
-    def enqueue(task_id: str, priority: int, countdown: float | None = None) -> None:
-        publisher.send_task("aiintegration.process_task", kwargs={"task_id": task_id},
-                            priority=to_broker_priority(priority), countdown=countdown or None)
-
+    enqueue = functools.partial(enqueue_process_task, celery_for(url))
     settings = Settings.from_env({**os.environ, "REDIS_URL": url, "AII_PROVIDERS": "local",
                                   "AII_LOCAL_LATENCY_MS": str(latency * 1000)})
     ctx = Context.from_settings(settings, enqueue=enqueue)
