@@ -5,13 +5,16 @@ sends (publish, ack, QoS bookkeeping). With redis-py 8 each construction costs ~
 CPU, about an eighth of a submission. A `redis.Redis` is safe to share between threads and
 greenlets (each command checks a connection out of the pool), so the channel keeps one.
 It also survives a close after a lost connection that kombu's own does not (see below).
-Selected by `celeryconfig.broker_transport` for `redis://` URLs.
+`use_for_redis_urls()` (called by celeryconfig) makes it what `redis://` means to kombu in
+this process, so URLs keep their scheme: Flower's broker view and queue-length API switch
+on it (`broker_transport = "module:Class"` made them answer "'redis' broker is not supported").
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import kombu.transport
 from kombu.transport import redis as kombu_redis
 
 
@@ -36,3 +39,10 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+def use_for_redis_urls() -> None:
+    """`redis://` resolves to this transport from now on (rediss:// and sentinel:// keep
+    kombu's own: its TLS defaults hang on the scheme name)."""
+    kombu.transport.TRANSPORT_ALIASES["redis"] = f"{__name__}:Transport"
+    kombu.transport._transport_cache.pop("redis", None)  # in case something resolved it already

@@ -61,6 +61,10 @@ def test_flower_needs_basic_auth_and_lists_our_tasks(client, auth, ctx, db):
             req.add_header("Authorization", "Basic " + base64.b64encode(b"ops:pw-123").decode())
             raise AssertionError(urllib.request.urlopen(req, timeout=2).read()[:1500]) from None
         assert status(f"http://127.0.0.1:{port}/api/tasks", "ops:wrong") == 401
+        # The broker view and queue lengths read the broker URL's scheme (they broke once
+        # when the transport was selected by class path).
+        assert status(f"http://127.0.0.1:{port}/api/queues/length", "ops:pw-123") == 200
+        assert status(f"http://127.0.0.1:{port}/broker", "ops:pw-123") == 200
     finally:
         flower.terminate()
         flower.wait(10)

@@ -138,7 +138,8 @@ def test_a_submission_publishes_without_result_subscriptions_or_a_client_per_com
     from aiintegration.store.broker import Transport
     from tests.support import celery_for
 
-    assert type(celery_for(ctx.settings.redis_url).connection_for_write().transport) is Transport
+    conn = celery_for(ctx.settings.redis_url).connection_for_write()
+    assert type(conn.transport) is Transport and conn.as_uri().startswith("redis://")
     built = 0
     original = redis.Redis.__init__
 
