@@ -34,6 +34,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.throughput import stop  # noqa: E402  (re-exported for bench/submit_latency.py)
+
 TOKEN = "bench-token-0123456789"
 
 
@@ -73,14 +75,6 @@ def wait_http(url: str, log: Path, timeout_s: float = 60) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{url} never answered 200:\n{log.read_text(errors='replace')[-2000:]}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def cpu_seconds(group: int) -> float:

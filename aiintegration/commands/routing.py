@@ -58,7 +58,7 @@ class Router:
             # and a burst of tasks arriving together must not each build their own.
             with self._lock:
                 instance = self._instances.get(name)
-                if instance is None or instance.config != config:
+                if instance is None:
                     instance = self._instances[name] = build_provider(config)
         return instance
 

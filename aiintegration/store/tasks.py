@@ -2,8 +2,9 @@
 
 A record is a hash `{p}:task:{id}`; its events go to `{p}:events:task:{id}` and the global
 stream `{p}:events` (a succeeded or cancelled task's own stream is later folded into the
-record as `events`, see `compact_finished`). Listing, deadlines, leases, retries and expiry use sorted sets, never
-a keyspace scan. Every state change is one Lua script (see `scripts.py`).
+record as `events`, see `compact_finished`). Listing, deadlines, leases, retries and
+expiry use sorted sets, never a keyspace scan. Every state change is one Lua script (see
+`scripts.py`).
 """
 
 from __future__ import annotations
