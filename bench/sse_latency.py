@@ -5,10 +5,10 @@ OpenAI-compatible provider (tests/fake_provider.py) streaming answers whose word
 wall-clock time each chunk was written to the socket; one Celery worker (threads pool) that
 streams through the `openai` SDK and publishes every chunk as a `chat.response.delta` event;
 the web app under gunicorn with gevent workers, as in the Procfile. The client (asyncio, one
-thread, raw sockets for the feeds) opens N chat sessions, subscribes to each session's SSE
+thread, a raw-socket protocol per feed) opens N chat sessions, subscribes to each session's SSE
 feed, sends one message per session at the same moment, and for every delta computes
 
-    latency = time the SSE client parsed the event - time the provider wrote the chunk
+    latency = time the event's bytes reached the SSE client - time the provider wrote the chunk
 
 so it covers SDK parsing, the worker, Redis (XADD → XREAD BLOCK), gunicorn and HTTP.
 
@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -96,37 +96,49 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def sse_events(base_url: str, path: str) -> AsyncIterator[tuple[str, str]]:
-    """(event, data) pairs of one SSE feed, read off a raw socket: httpx costs ~1 ms of CPU
-    per event, which at 1,000 events/s is half of this machine, taken from the system under
-    test. HTTP/1.1 chunked transfer encoding, as gunicorn sends a streamed response."""
-    host, port = base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
-                 f"Accept: text/event-stream\r\n\r\n".encode())
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-        if b" 200 " not in head.split(b"\r\n", 1)[0] or b"chunked" not in head.lower():
-            raise RuntimeError(f"unexpected feed answer: {head[:300]!r}")
-        buffer = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-            if size == 0:
+class SSEFeed(asyncio.Protocol):
+    """One SSE feed read off a raw socket, HTTP/1.1 chunked as gunicorn sends a streamed
+    response. Events are stamped with the time their bytes reached this process (the start
+    of `data_received`), not the time this client got round to parsing them: with 50 feeds
+    in one event loop, parsing in turn would add the client's own queueing to the latency.
+    (httpx costs ~1 ms of CPU per event, which at 1,000 events/s is half of this machine.)"""
+
+    def __init__(self, on_event: Callable[[str, str, float], None]):
+        self.on_event, self.buffer, self.body, self.head_done = on_event, b"", b"", False
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        received = time.time()
+        self.buffer += data
+        if not self.head_done:
+            if b"\r\n\r\n" not in self.buffer:
                 return
-            buffer += (await reader.readexactly(size + 2))[:-2]
-            while b"\n\n" in buffer:
-                block, buffer = buffer.split(b"\n\n", 1)
-                event = data = ""
-                for line in block.decode().split("\n"):
-                    if line.startswith("event: "):
-                        event = line[7:]
-                    elif line.startswith("data: "):
-                        data = line[6:]
-                    elif line.startswith("retry:"):
-                        event = "retry"
-                yield event, data
-    finally:
-        writer.close()
+            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            if b" 200 " not in head.split(b"\r\n", 1)[0] or b"chunked" not in head.lower():
+                raise RuntimeError(f"unexpected feed answer: {head[:300]!r}")
+            self.head_done = True
+        while b"\r\n" in self.buffer:  # de-chunk whatever is complete
+            size_line, rest = self.buffer.split(b"\r\n", 1)
+            size = int(size_line, 16)
+            if len(rest) < size + 2:
+                break
+            self.body += rest[:size]
+            self.buffer = rest[size + 2:]
+        while b"\n\n" in self.body:
+            block, self.body = self.body.split(b"\n\n", 1)
+            event = payload = ""
+            for line in block.decode().split("\n"):
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    payload = line[6:]
+                elif line.startswith("retry:"):
+                    event = "retry"
+            self.on_event(event, payload, received)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 async def one_chat(client: httpx.AsyncClient, go: asyncio.Event, latencies: list[float], steady: list[float],
@@ -137,28 +149,41 @@ async def one_chat(client: httpx.AsyncClient, go: asyncio.Event, latencies: list
                               json={"user_id": f"bench-{n}", "item_id": f"item-{n}", "initial_context": "bench"})
     reply.raise_for_status()
     session_id = reply.json()["id"]
+    loop = asyncio.get_running_loop()
+    opened, done = loop.create_future(), loop.create_future()
     deltas = 0
-    events = sse_events(str(client.base_url).rstrip("/"), f"/v1/chat/sessions/{session_id}/events")
+
+    def on_event(kind: str, payload: str, received: float) -> None:
+        nonlocal deltas
+        if kind == "retry" and not opened.done():
+            opened.set_result(None)  # the feed is open and reading
+        elif kind == "chat.response.delta":
+            data = json.loads(payload)
+            latencies.append((received - float(data["text"].strip())) * 1000)
+            if data["seq"] > 3:
+                steady.append(latencies[-1])
+            deltas += 1
+        elif kind == "chat.response.incomplete" and not done.done():
+            done.set_exception(RuntimeError(f"session {session_id}: answer incomplete: {payload}"))
+        elif kind == "chat.response.completed" and not done.done():
+            done.set_result(None)
+
+    host, port = str(client.base_url).rstrip("/").removeprefix("http://").split(":")
+    transport, feed = await loop.create_connection(lambda: SSEFeed(on_event), host, int(port))
+    transport.write(f"GET /v1/chat/sessions/{session_id}/events HTTP/1.1\r\nHost: {host}\r\n"
+                    f"Authorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n\r\n".encode())
     try:
-        await events.__anext__()  # `retry:` — the feed is open and reading
+        await opened
         await go.wait()
         sent = await client.post(f"/v1/chat/sessions/{session_id}/messages", headers=headers,
                                  json={"message": "stream me the time"})
         sent.raise_for_status()
-        async for kind, payload in events:
-            if kind == "chat.response.delta":
-                received = time.time()
-                data = json.loads(payload)
-                latencies.append((received - float(data["text"].strip())) * 1000)
-                if data["seq"] > 3:
-                    steady.append(latencies[-1])
-                deltas += 1
-            elif kind == "chat.response.incomplete":
-                raise RuntimeError(f"session {session_id}: answer incomplete: {payload}")
-            elif kind == "chat.response.completed":
-                break
+        await asyncio.wait([done, feed.closed], return_when=asyncio.FIRST_COMPLETED)
+        if not done.done():
+            raise RuntimeError(f"session {session_id}: the feed closed before the answer completed")
+        done.result()
     finally:
-        await events.aclose()
+        transport.close()
     return deltas
 
 

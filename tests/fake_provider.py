@@ -34,6 +34,8 @@ class Fault:
     delay_s: float = 0.0
     malformed: bool = False  # 200 with a body that is not the provider's JSON
     drop_after: int | None = None  # stream this many chunks, then cut the connection
+    error_after: int | None = None  # stream this many chunks, then an in-stream `{"error": …}` event
+    garbage_after: int | None = None  # stream this many chunks, then a JSON event that is not a chunk
 
 
 @dataclass
@@ -138,8 +140,9 @@ class FakeProvider:
                 if not isinstance(behaviour, Fault):
                     return False
                 time.sleep(behaviour.delay_s)
-                if behaviour.drop_after is not None:
-                    self._cut_after = behaviour.drop_after
+                if behaviour.drop_after is not None or behaviour.error_after is not None \
+                        or behaviour.garbage_after is not None:
+                    self._cut_after, self._midstream = behaviour.drop_after, behaviour
                     return False
                 if behaviour.malformed:
                     data = b"<html>upstream gateway error</html>"
@@ -178,6 +181,14 @@ class FakeProvider:
                     if i == getattr(self, "_cut_after", None):
                         self.close_connection = True
                         self.connection.shutdown(2)
+                        return
+                    midstream = getattr(self, "_midstream", None)
+                    if midstream is not None and i in (midstream.error_after, midstream.garbage_after):
+                        bad = ({"error": {"message": midstream.message, "type": "server_error"}}
+                               if i == midstream.error_after else {"choices": "none today"})
+                        self.wfile.write(f"data: {json.dumps(bad)}\n\n".encode())
+                        self.wfile.flush()
+                        self.close_connection = True
                         return
                     if fake.default.stamp_words:
                         word = f"{time.time():.6f}"

@@ -54,6 +54,27 @@ def test_a_stream_cut_midway_is_a_transient_failure_after_the_first_deltas(fake)
     assert seen == ["word0", " word1"]
 
 
+@pytest.mark.parametrize("fault", [Fault(error_after=2, message="overloaded, try later"), Fault(garbage_after=2)])
+def test_an_error_event_or_a_malformed_chunk_midstream_is_a_transient_failure(fake, fault):
+    fake.script(fault)
+    seen = []
+    with pytest.raises(errors.ProviderUnavailable) as caught:
+        for piece in provider(fake).stream(text(), lambda: False):
+            seen.append(piece)
+    assert seen == ["word0", " word1"] and caught.value.retryable and KEY not in str(caught.value)
+
+
+def test_streaming_sends_the_chat_completions_request_and_reads_model_and_usage(fake):
+    *_, final = provider(fake).stream(GenerationRequest("chat_completion", {"messages": [
+        {"role": "system", "content": "ctx"}, {"role": "user", "content": "hi there"}], "max_tokens": 50},
+        timeout_s=5, model="m-1"), lambda: False)
+    body = fake.requests[-1]["body"]
+    assert fake.requests[-1]["path"].endswith("/chat/completions")
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True} and body["max_tokens"] == 50
+    assert body["messages"] == [{"role": "system", "content": "ctx"}, {"role": "user", "content": "hi there"}]
+    assert (final.model, final.usage.input_tokens, final.usage.output_tokens) == ("m-1", 3, 6)
+
+
 def test_a_stop_request_ends_a_slow_stream_quickly(fake):
     fake.default.chunk_delay_s = 0.3
     started = time.monotonic()
