@@ -12,7 +12,7 @@ feed, sends one message per session at the same moment, and for every delta comp
 
 so it covers SDK parsing, the worker, Redis (XADD → XREAD BLOCK), gunicorn and HTTP.
 
-    .venv/bin/python bench/sse_latency.py [--chats 50] [--words 40] [--chunk-delay 0.05]
+    .venv/bin/python bench/sse_latency.py [--chats 50] [--words 40] [--chunk-delay 0.05] [--spread]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -103,7 +104,7 @@ class SSEFeed(asyncio.Protocol):
     in one event loop, parsing in turn would add the client's own queueing to the latency.
     (httpx costs ~1 ms of CPU per event, which at 1,000 events/s is half of this machine.)"""
 
-    def __init__(self, on_event: Callable[[str, str, float], None]):
+    def __init__(self, on_event: Callable[[str, str, str, float], None]):
         self.on_event, self.buffer, self.body, self.head_done = on_event, b"", b"", False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -126,24 +127,38 @@ class SSEFeed(asyncio.Protocol):
             self.buffer = rest[size + 2:]
         while b"\n\n" in self.body:
             block, self.body = self.body.split(b"\n\n", 1)
-            event = payload = ""
+            event = payload = event_id = ""
             for line in block.decode().split("\n"):
-                if line.startswith("event: "):
+                if line.startswith("id: "):
+                    event_id = line[4:]
+                elif line.startswith("event: "):
                     event = line[7:]
                 elif line.startswith("data: "):
                     payload = line[6:]
                 elif line.startswith("retry:"):
                     event = "retry"
-            self.on_event(event, payload, received)
+            self.on_event(event, payload, event_id, received)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
 
 
-async def one_chat(client: httpx.AsyncClient, go: asyncio.Event, latencies: list[float], steady: list[float],
-                   n: int) -> int:
-    """One session: subscribe, wait for the common start, send, read deltas until completed."""
+@dataclass
+class Samples:
+    """Milliseconds per delta: provider → SSE client (`total`), and its two halves split at
+    the XADD (the event's stream id is the Redis server's clock in ms): provider → stored by
+    the worker (`to_redis`), stored → SSE client through the web (`from_redis`)."""
+
+    total: list[float] = field(default_factory=list)
+    steady: list[float] = field(default_factory=list)  # after the third chunk: the stream is flowing
+    to_redis: list[float] = field(default_factory=list)
+    from_redis: list[float] = field(default_factory=list)
+
+
+async def one_chat(client: httpx.AsyncClient, go: asyncio.Event, samples: Samples, n: int, delay_s: float) -> int:
+    """One session: subscribe, wait for the common start (plus `delay_s`), send, read deltas
+    until completed."""
     headers = {"Authorization": f"Bearer {TOKEN}"}
     reply = await client.post("/v1/chat/sessions", headers=headers,
                               json={"user_id": f"bench-{n}", "item_id": f"item-{n}", "initial_context": "bench"})
@@ -153,15 +168,18 @@ async def one_chat(client: httpx.AsyncClient, go: asyncio.Event, latencies: list
     opened, done = loop.create_future(), loop.create_future()
     deltas = 0
 
-    def on_event(kind: str, payload: str, received: float) -> None:
+    def on_event(kind: str, payload: str, event_id: str, received: float) -> None:
         nonlocal deltas
         if kind == "retry" and not opened.done():
             opened.set_result(None)  # the feed is open and reading
         elif kind == "chat.response.delta":
             data = json.loads(payload)
-            latencies.append((received - float(data["text"].strip())) * 1000)
+            written, stored = float(data["text"].strip()), int(event_id.split("-")[0]) / 1000
+            samples.total.append((received - written) * 1000)
+            samples.to_redis.append((stored - written) * 1000)
+            samples.from_redis.append((received - stored) * 1000)
             if data["seq"] > 3:
-                steady.append(latencies[-1])
+                samples.steady.append(samples.total[-1])
             deltas += 1
         elif kind == "chat.response.incomplete" and not done.done():
             done.set_exception(RuntimeError(f"session {session_id}: answer incomplete: {payload}"))
@@ -175,6 +193,7 @@ async def one_chat(client: httpx.AsyncClient, go: asyncio.Event, latencies: list
     try:
         await opened
         await go.wait()
+        await asyncio.sleep(delay_s)
         sent = await client.post(f"/v1/chat/sessions/{session_id}/messages", headers=headers,
                                  json={"message": "stream me the time"})
         sent.raise_for_status()
@@ -187,18 +206,20 @@ async def one_chat(client: httpx.AsyncClient, go: asyncio.Event, latencies: list
     return deltas
 
 
-async def run_clients(base_url: str, chats: int, timeout_s: float) -> tuple[list[float], list[int], float]:
-    latencies: list[float] = []
-    steady: list[float] = []  # chunks after the third: the stream is flowing
+async def run_clients(base_url: str, chats: int, timeout_s: float, spread_s: float) -> tuple[Samples, list[int], float]:
+    """`spread_s` = 0: every chat sends at the same instant, so the provider's chunks for all
+    of them come in bursts at the same ticks (the worst case); otherwise the sends are spread
+    evenly over `spread_s`."""
+    samples = Samples()
     go = asyncio.Event()
     limits = httpx.Limits(max_connections=chats * 2 + 10, max_keepalive_connections=chats * 2 + 10)
     async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as client:
-        jobs = [asyncio.create_task(one_chat(client, go, latencies, steady, n)) for n in range(chats)]
+        jobs = [asyncio.create_task(one_chat(client, go, samples, n, spread_s * n / chats)) for n in range(chats)]
         await asyncio.sleep(1.0)  # every feed subscribed
         t0 = time.perf_counter()
         go.set()
         counts = await asyncio.wait_for(asyncio.gather(*jobs), timeout_s)
-        return latencies, steady, list(counts), time.perf_counter() - t0
+        return samples, list(counts), time.perf_counter() - t0
 
 
 def main() -> None:
@@ -206,6 +227,8 @@ def main() -> None:
     parser.add_argument("--chats", type=int, default=50, help="concurrent streaming chats")
     parser.add_argument("--words", type=int, default=40, help="chunks per answer")
     parser.add_argument("--chunk-delay", type=float, default=0.05, help="seconds between chunks")
+    parser.add_argument("--spread", action="store_true",
+                        help="spread the chats' starts over one chunk interval instead of starting all at once")
     parser.add_argument("--web-workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args()
@@ -235,11 +258,12 @@ def main() -> None:
             before = {name: cpu_seconds(proc.pid) for name, proc in procs.items()}
             client_before = time.process_time()
             # A first round warms every worker thread, SDK client and connection pool up.
-            asyncio.run(run_clients(f"http://127.0.0.1:{port}", args.chats, args.timeout))
+            spread_s = args.chunk_delay if args.spread else 0.0
+            asyncio.run(run_clients(f"http://127.0.0.1:{port}", args.chats, args.timeout, spread_s))
             before = {name: cpu_seconds(proc.pid) for name, proc in procs.items()}
             client_before = time.process_time()
-            latencies, steady, counts, elapsed = asyncio.run(run_clients(f"http://127.0.0.1:{port}", args.chats,
-                                                                 args.timeout))
+            samples, counts, elapsed = asyncio.run(run_clients(f"http://127.0.0.1:{port}", args.chats, args.timeout,
+                                                               spread_s))
             cpu = {name: cpu_seconds(proc.pid) - before[name] for name, proc in procs.items()}
             cpu["client"] = time.process_time() - client_before
         finally:
@@ -249,14 +273,19 @@ def main() -> None:
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"chats={args.chats} chunks/answer={args.words} chunk_delay={args.chunk_delay}s "
           f"web=gunicorn gevent x{args.web_workers} worker=threads -c {args.chats + 8}")
-    print(f"deltas received   : {len(latencies)} (per chat min {min(counts)}, max {max(counts)}; "
+    total = samples.total
+    print(f"chat starts       : {'spread over one chunk interval' if args.spread else 'all at once (chunks in bursts)'}")
+    print(f"deltas received   : {len(total)} (per chat min {min(counts)}, max {max(counts)}; "
           f"expected {args.words}) in {elapsed:.1f}s")
-    print(f"chunk -> SSE p50  : {statistics.median(latencies):7.1f} ms")
-    print(f"chunk -> SSE p95  : {percentile(latencies, 0.95):7.1f} ms   (goal < 50 ms)")
-    print(f"chunk -> SSE p99  : {percentile(latencies, 0.99):7.1f} ms")
-    print(f"chunk -> SSE max  : {max(latencies):7.1f} ms")
-    print(f"after the 3rd chunk of each answer: p50 {statistics.median(steady):.1f} ms, "
-          f"p95 {percentile(steady, 0.95):.1f} ms")
+    print(f"chunk -> SSE p50  : {statistics.median(total):7.1f} ms")
+    print(f"chunk -> SSE p95  : {percentile(total, 0.95):7.1f} ms   (goal < 50 ms)")
+    print(f"chunk -> SSE p99  : {percentile(total, 0.99):7.1f} ms")
+    print(f"chunk -> SSE max  : {max(total):7.1f} ms")
+    print(f"after the 3rd chunk of each answer: p50 {statistics.median(samples.steady):.1f} ms, "
+          f"p95 {percentile(samples.steady, 0.95):.1f} ms")
+    print(f"split at the XADD (ms clock): provider -> Redis p50 {statistics.median(samples.to_redis):.1f} "
+          f"p95 {percentile(samples.to_redis, 0.95):.1f} ms; Redis -> SSE client p50 "
+          f"{statistics.median(samples.from_redis):.1f} p95 {percentile(samples.from_redis, 0.95):.1f} ms")
     print("CPU seconds during the run: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
 
 

@@ -21,11 +21,25 @@ STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
 def _entries(reply: Any, key: str) -> list[tuple[str, dict[str, str]]]:
+    """XREAD's raw reply for one stream (RESP3: {key: entries}; RESP2: [[key, entries]];
+    no reply when the block ran out) → [(id, fields)]."""
     if not reply:
         return []
-    if isinstance(reply, dict):  # RESP3
-        return list(reply.get(key, []))
-    return list(reply[0][1])  # RESP2: [[key, entries]]
+    entries = reply.get(key, []) if isinstance(reply, dict) else reply[0][1]
+    return [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True))) for entry_id, flat in entries]
+
+
+def _xread(conn: Any, key: str, after: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+    """One XREAD BLOCK on the feed's own connection, without the client's per-command layers
+    (pool checkout and its readiness poll, retry wrapper, metrics hooks, reply callbacks):
+    they were most of the web's CPU per event with 50 busy feeds. A timed-out or broken
+    read drops the connection, so a late reply can never be taken for the next one."""
+    try:
+        conn.send_command("XREAD", "COUNT", 200, "BLOCK", block_ms, "STREAMS", key, after)
+        return _entries(conn.read_response(), key)
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        conn.disconnect()
+        raise
 
 
 def last_event_id() -> str:
@@ -62,19 +76,17 @@ def feed(stream_key: str, *, is_end: Callable[[str], bool], after: str,
         return "".join(out), last_id, False
 
     def generate() -> Iterator[str]:
-        # The feed keeps one pooled connection for its reads: taking it from the pool for
-        # every XREAD costs a readiness poll per event (redis-py checks that a pooled
-        # connection has no stray data), a quarter of the web's CPU with 50 busy feeds.
-        reader = redis.Redis(connection_pool=ctx.redis.connection_pool, single_connection_client=True)
+        pool = ctx.redis.connection_pool
+        conn = pool.get_connection()  # the feed's own, for all its reads
         try:
-            yield from _read(reader)
+            yield from _read(conn)
         finally:
-            reader.close()
+            pool.release(conn)
 
-    def _read(reader: redis.Redis) -> Iterator[str]:
+    def _read(conn: Any) -> Iterator[str]:
         last, until = after, time.monotonic() + max_s
         next_beat = time.monotonic() + heartbeat_ms / 1000
-        idle = True
+        idle, broken = True, False
         yield "retry: 2000\n\n"
         while time.monotonic() < until:
             rest = final(last) if final is not None and idle else None
@@ -85,10 +97,15 @@ def feed(stream_key: str, *, is_end: Callable[[str], bool], after: str,
             try:
                 # Short blocks: a blocked read that outlives a socket timeout (seen under
                 # gevent) is just "nothing yet", not an error that ends the feed.
-                reply = reader.xread({stream_key: last}, count=200, block=min(heartbeat_ms, BLOCK_MS))
+                rows = _xread(conn, stream_key, last, min(heartbeat_ms, BLOCK_MS))
             except redis.TimeoutError:
-                reply = None
-            rows = _entries(reply, stream_key)
+                rows = []
+            except redis.ConnectionError:
+                if broken:  # twice in a row: Redis is away; the client reconnects (retry: 2000)
+                    return  # with Last-Event-ID and misses nothing
+                broken, rows = True, []  # a dropped connection: the next read reconnects
+            else:
+                broken = False
             idle = not rows
             if idle:
                 if time.monotonic() >= next_beat:
