@@ -4,6 +4,7 @@ chat task's provider stream into `chat.response.*` events on the session's strea
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from typing import Any
@@ -136,20 +137,33 @@ def close_chat_session(ctx: Context, session_id: str, close_reason: Any) -> dict
 
 class ChatStream:
     """Hooks for one attempt of a chat task: deltas, then completion or an explicit
-    `chat.response.incomplete`, so a client never sees two answers spliced together."""
+    `chat.response.incomplete`, so a client never sees two answers spliced together.
+
+    Deltas come from the provider call's thread, the end from the task's thread; a call that
+    was stopped (cancel, timeout) may still be between two chunks when the end is written,
+    so the end closes the stream first and a late delta is dropped, never sent after it."""
 
     def __init__(self, ctx: Context, record: dict[str, Any]):
         meta = record.get("metadata") or {}
         self.ctx, self.store = ctx, chat_store(ctx)
         self.session_id, self.message_id = meta["chat_session_id"], meta["chat_message_id"]
         self.task_id, self.attempt, self.seq = record["id"], record.get("attempts"), 0
+        self._lock, self._open = threading.Lock(), True
 
     def delta(self, text: str) -> None:
-        self.seq += 1
-        self.store.emit(self.session_id, "chat.response.delta", message_id=self.message_id, task_id=self.task_id,
-                        attempt=self.attempt, seq=self.seq, text=text)
+        with self._lock:
+            if not self._open:
+                return
+            self.seq += 1
+            self.store.emit(self.session_id, "chat.response.delta", message_id=self.message_id,
+                            task_id=self.task_id, attempt=self.attempt, seq=self.seq, text=text)
+
+    def _close(self) -> None:
+        with self._lock:
+            self._open = False
 
     def completed(self, generation: Generation) -> None:
+        self._close()
         store, sid = self.store, self.session_id
         store.append_message(sid, {"message_id": self.message_id, "role": "assistant", "content": generation.text or "",
                                    "at": iso(time.time()), "task_id": self.task_id,
@@ -167,6 +181,7 @@ class ChatStream:
                           "output_tokens": generation.usage.output_tokens})
 
     def incomplete(self, reason: str) -> None:
+        self._close()
         if self.seq:
             self.store.emit(self.session_id, "chat.response.incomplete", message_id=self.message_id,
                             task_id=self.task_id, attempt=self.attempt, reason=reason)

@@ -103,3 +103,19 @@ def test_a_task_feed_ends_after_its_terminal_event_and_rejects_bad_resume_ids(se
     bad = httpx.get(f"{server}/v1/tasks/{task_id}/events", headers={**AUTH, "Last-Event-ID": "nonsense"})
     assert bad.status_code == 422
     assert httpx.get(f"{server}/v1/tasks/{task_id}/events").status_code == 401
+
+
+def test_a_late_delta_from_a_stopped_call_never_follows_the_incomplete_event(ctx):
+    """The stopped call's thread may still hand over a chunk after the task thread wrote
+    `chat.response.incomplete`: it is dropped, so the attempt's events end with the notice."""
+    from aiintegration.commands.chat import ChatStream, chat_store, start_chat_session
+
+    sid = start_chat_session(ctx, "u-late", "i-late", "ctx")["id"]
+    stream = ChatStream(ctx, {"id": "task-late", "attempts": 1,
+                              "metadata": {"chat_session_id": sid, "chat_message_id": "m-late"}})
+    stream.delta("one")
+    stream.incomplete("cancelled")
+    stream.delta("two")  # too late
+    rows = ctx.redis.xrange(chat_store(ctx).stream_key(sid))
+    assert [fields["type"] for _, fields in rows] == [
+        "chat.session_started", "chat.response.delta", "chat.response.incomplete"]
