@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,30 @@ from aiintegration.providers.base import (
     error_for_status,
     parse_retry_after,
 )
+
+log = logging.getLogger(__name__)
+_checked_models: set[str] = set()
+
+
+def retirement(model: str) -> str | None:
+    """The end-of-life date the installed SDK lists for `model`, if it lists one."""
+    try:
+        from anthropic._data.deprecated_models import DEPRECATED_MODELS
+    except ImportError:  # a private table: gone or moved in some SDK version
+        return None
+    return DEPRECATED_MODELS.get(model)
+
+
+def _warn_if_retiring(model: str) -> None:
+    """Once per model and process, a log warning for a model the SDK says is deprecated (its
+    own DeprecationWarning is hidden outside __main__, so operators would never see it)."""
+    if model in _checked_models:
+        return
+    _checked_models.add(model)
+    end = retirement(model)
+    if end:
+        log.warning("Anthropic model %s is deprecated and reaches end of life on %s; choose another "
+                    "(AII_PROVIDER_ANTHROPIC_MODEL, the provider config's models, or the task's model)", model, end)
 
 
 def _translate(exc: Exception, provider: str) -> errors.AIIntegrationError:
@@ -43,7 +68,8 @@ def _translate(exc: Exception, provider: str) -> errors.AIIntegrationError:
 class AnthropicProvider(Provider):
     kind = "anthropic"
     capabilities = frozenset({"text_generation", "chat_completion"})
-    default_models = {"text_generation": "claude-sonnet-4-5", "chat_completion": "claude-sonnet-4-5"}
+    # claude-sonnet-4-5 reaches end of life on 2026-11-30 (the SDK's deprecation table).
+    default_models = {"text_generation": "claude-sonnet-5-5", "chat_completion": "claude-sonnet-5-5"}
 
     def __init__(self, config: ProviderConfig):
         super().__init__(config)
@@ -56,6 +82,7 @@ class AnthropicProvider(Provider):
         system, messages = request.system_and_messages()
         params: dict[str, Any] = {"model": self.model_for(request), "max_tokens": request.max_tokens,
                                   "messages": messages}
+        _warn_if_retiring(params["model"])
         if system:
             params["system"] = system
         return params

@@ -35,21 +35,19 @@ def config_from_json(raw: str) -> ProviderConfig:
 def default_configs(names: tuple[str, ...], env: Mapping[str, str], *, local_latency_ms: float = 0) -> list[ProviderConfig]:
     """Configs for the names in AII_PROVIDERS. `openai`, `anthropic` and `local` are known;
     any other name is an OpenAI-compatible endpoint configured by AII_PROVIDER_<NAME>_BASE_URL
-    (and optionally _API_KEY, _MODEL)."""
+    (and optionally _API_KEY). AII_PROVIDER_<NAME>_MODEL sets any provider's text and chat
+    model."""
     out = []
     for name in names:
+        upper = name.upper().replace("-", "_")
+        model = env.get(f"AII_PROVIDER_{upper}_MODEL")  # text and chat; each adapter has its default
+        models = {"text_generation": model, "chat_completion": model} if model else {}
         if name == "local":
             out.append(ProviderConfig("local", "local", extra={"latency_ms": local_latency_ms}))
-        elif name == "openai":
-            out.append(ProviderConfig("openai", "openai", api_key=env.get("OPENAI_API_KEY"),
-                                      base_url=env.get("OPENAI_BASE_URL")))
-        elif name == "anthropic":
-            out.append(ProviderConfig("anthropic", "anthropic", api_key=env.get("ANTHROPIC_API_KEY"),
-                                      base_url=env.get("ANTHROPIC_BASE_URL")))
+        elif name in ("openai", "anthropic"):
+            out.append(ProviderConfig(name, name, api_key=env.get(f"{upper}_API_KEY"),
+                                      base_url=env.get(f"{upper}_BASE_URL"), models=models))
         else:
-            upper = name.upper().replace("-", "_")
-            model = env.get(f"AII_PROVIDER_{upper}_MODEL")
-            models = {"text_generation": model, "chat_completion": model} if model else {}
             out.append(ProviderConfig(name, "openai_compatible", api_key=env.get(f"AII_PROVIDER_{upper}_API_KEY"),
                                       base_url=env.get(f"AII_PROVIDER_{upper}_BASE_URL"), models=models))
     return out

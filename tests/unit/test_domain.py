@@ -144,3 +144,29 @@ def test_a_named_openai_compatible_provider_is_configured_from_the_environment()
                                                                    "http://127.0.0.1:9/v1", "sk-vllm-0123456789abcdef")
     assert vllm.models == {"text_generation": "llama", "chat_completion": "llama"}
     assert local.kind == "local" and "UNRELATED_SECRET" not in settings.provider_env
+
+
+def test_openai_and_anthropic_take_their_model_from_the_environment_too():
+    from aiintegration.config import Settings
+    from aiintegration.store.providers import default_configs
+
+    env = {"AII_PROVIDERS": "openai,anthropic", "AII_PROVIDER_ANTHROPIC_MODEL": "claude-x",
+           "ANTHROPIC_API_KEY": "sk-ant-0123456789abcdef", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    settings = Settings.from_env(env)
+    openai_cfg, anthropic_cfg = default_configs(settings.providers, settings.provider_env)
+    assert openai_cfg.models == {} and openai_cfg.base_url == "http://127.0.0.1:9/v1"
+    assert anthropic_cfg.models == {"text_generation": "claude-x", "chat_completion": "claude-x"}
+    assert anthropic_cfg.api_key == "sk-ant-0123456789abcdef"
+
+
+def test_the_anthropic_default_model_is_not_one_the_sdk_lists_as_retiring(caplog):
+    from aiintegration.providers import anthropic_provider as ap
+
+    for model in set(ap.AnthropicProvider.default_models.values()):
+        assert ap.retirement(model) is None, f"default {model} retires on {ap.retirement(model)}"
+    assert ap.retirement("claude-sonnet-4-5")  # the table is where the test expects it
+    ap._checked_models.discard("claude-sonnet-4-5")
+    with caplog.at_level("WARNING", logger=ap.__name__):
+        ap._warn_if_retiring("claude-sonnet-4-5")
+        ap._warn_if_retiring("claude-sonnet-4-5")
+    assert len([r for r in caplog.records if "end of life" in r.getMessage()]) == 1
