@@ -156,14 +156,34 @@ class Samples:
     from_redis: list[float] = field(default_factory=list)
 
 
-async def one_chat(client: httpx.AsyncClient, go: asyncio.Event, samples: Samples, n: int, delay_s: float) -> int:
+async def post_json(host: str, port: int, path: str, body: dict[str, object]) -> dict[str, object]:
+    """One POST on its own connection, raw. The first version used httpx's AsyncClient on the
+    same event loop as the feeds: its 50 message POSTs at the start kept that loop busy for
+    20-55 ms at a time for about a second (httpcore's pool bookkeeping), and every delta that
+    arrived meanwhile was stamped late — the p95 was the client's own lag (bench/RESULTS.md)."""
+    payload = json.dumps(body).encode()
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                 f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+                 f"Connection: close\r\n\r\n".encode() + payload)
+    try:
+        answer = await reader.read()  # until the server closes
+    finally:
+        writer.close()
+    head, _, data = answer.partition(b"\r\n\r\n")
+    status = head.split(b" ", 2)[1]
+    if not status.startswith(b"2"):
+        raise RuntimeError(f"POST {path}: {head[:200]!r} {data[:300]!r}")
+    return json.loads(data)
+
+
+async def one_chat(base: tuple[str, int], go: asyncio.Event, samples: Samples, n: int, delay_s: float) -> int:
     """One session: subscribe, wait for the common start (plus `delay_s`), send, read deltas
     until completed."""
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    reply = await client.post("/v1/chat/sessions", headers=headers,
-                              json={"user_id": f"bench-{n}", "item_id": f"item-{n}", "initial_context": "bench"})
-    reply.raise_for_status()
-    session_id = reply.json()["id"]
+    host, port = base
+    session = await post_json(host, port, "/v1/chat/sessions",
+                              {"user_id": f"bench-{n}", "item_id": f"item-{n}", "initial_context": "bench"})
+    session_id = session["id"]
     loop = asyncio.get_running_loop()
     opened, done = loop.create_future(), loop.create_future()
     deltas = 0
@@ -186,17 +206,14 @@ async def one_chat(client: httpx.AsyncClient, go: asyncio.Event, samples: Sample
         elif kind == "chat.response.completed" and not done.done():
             done.set_result(None)
 
-    host, port = str(client.base_url).rstrip("/").removeprefix("http://").split(":")
-    transport, feed = await loop.create_connection(lambda: SSEFeed(on_event), host, int(port))
+    transport, feed = await loop.create_connection(lambda: SSEFeed(on_event), host, port)
     transport.write(f"GET /v1/chat/sessions/{session_id}/events HTTP/1.1\r\nHost: {host}\r\n"
                     f"Authorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n\r\n".encode())
     try:
         await opened
         await go.wait()
         await asyncio.sleep(delay_s)
-        sent = await client.post(f"/v1/chat/sessions/{session_id}/messages", headers=headers,
-                                 json={"message": "stream me the time"})
-        sent.raise_for_status()
+        await post_json(host, port, f"/v1/chat/sessions/{session_id}/messages", {"message": "stream me the time"})
         await asyncio.wait([done, feed.closed], return_when=asyncio.FIRST_COMPLETED)
         if not done.done():
             raise RuntimeError(f"session {session_id}: the feed closed before the answer completed")
@@ -212,14 +229,14 @@ async def run_clients(base_url: str, chats: int, timeout_s: float, spread_s: flo
     evenly over `spread_s`."""
     samples = Samples()
     go = asyncio.Event()
-    limits = httpx.Limits(max_connections=chats * 2 + 10, max_keepalive_connections=chats * 2 + 10)
-    async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as client:
-        jobs = [asyncio.create_task(one_chat(client, go, samples, n, spread_s * n / chats)) for n in range(chats)]
-        await asyncio.sleep(1.0)  # every feed subscribed
-        t0 = time.perf_counter()
-        go.set()
-        counts = await asyncio.wait_for(asyncio.gather(*jobs), timeout_s)
-        return samples, list(counts), time.perf_counter() - t0
+    host, port = base_url.removeprefix("http://").split(":")
+    jobs = [asyncio.create_task(one_chat((host, int(port)), go, samples, n, spread_s * n / chats))
+            for n in range(chats)]
+    await asyncio.sleep(1.0)  # every feed subscribed
+    t0 = time.perf_counter()
+    go.set()
+    counts = await asyncio.wait_for(asyncio.gather(*jobs), timeout_s)
+    return samples, list(counts), time.perf_counter() - t0
 
 
 def main() -> None:
@@ -230,6 +247,7 @@ def main() -> None:
     parser.add_argument("--spread", action="store_true",
                         help="spread the chats' starts over one chunk interval instead of starting all at once")
     parser.add_argument("--web-workers", type=int, default=2)
+    parser.add_argument("--dump", type=Path, help="write every sample (ms) to this JSON file")
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args()
 
@@ -274,6 +292,8 @@ def main() -> None:
     print(f"chats={args.chats} chunks/answer={args.words} chunk_delay={args.chunk_delay}s "
           f"web=gunicorn gevent x{args.web_workers} worker=threads -c {args.chats + 8}")
     total = samples.total
+    if args.dump:
+        args.dump.write_text(json.dumps(samples.__dict__))
     print(f"chat starts       : {'spread over one chunk interval' if args.spread else 'all at once (chunks in bursts)'}")
     print(f"deltas received   : {len(total)} (per chat min {min(counts)}, max {max(counts)}; "
           f"expected {args.words}) in {elapsed:.1f}s")
