@@ -4,9 +4,10 @@ Provider adapters translate SDK exceptions into it at their boundary; nothing ab
 them imports an SDK exception. The retry policy only ever asks "transient or not"::
 
     AIIntegrationError
-    ├── TransientError            retried with backoff, then dead-lettered
-    │   ├── RateLimited           429; carries retry_after (seconds) when the provider sent one
-    │   ├── ProviderUnavailable   5xx, overloaded, connection refused or dropped
+    ├── TransientError            retried with backoff, then dead-lettered (retry_after: the
+    │   │                         earliest retry worth making, when known)
+    │   ├── RateLimited           429; retry_after from the provider's Retry-After
+    │   ├── ProviderUnavailable   5xx, overloaded, connection refused or dropped, open breaker
     │   └── ProviderTimeout       the provider did not answer in time
     ├── PermanentError            straight to the dead-letter queue
     │   ├── InvalidRequest        400/404/422, a request the provider will never accept
@@ -50,11 +51,16 @@ class AIIntegrationError(Exception):
 
 
 class TransientError(AIIntegrationError):
-    """A failure that may go away by itself: retried with backoff."""
+    """A failure that may go away by itself: retried with backoff, and not before
+    `retry_after` seconds when that is known (a provider's Retry-After, a breaker's reset)."""
 
     code = "transient_error"
     http_status = 503
     retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
 
 
 class RateLimited(TransientError):
@@ -62,10 +68,6 @@ class RateLimited(TransientError):
 
     code = "rate_limited"
     http_status = 429
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
 
 
 class ProviderUnavailable(TransientError):

@@ -94,16 +94,22 @@ class ProviderBreaker:
 
     def allows(self) -> bool:
         """False while open; after the reset timeout moves to half-open and lets calls probe."""
+        return self.blocked_for() == 0
+
+    def blocked_for(self) -> float:
+        """Seconds until this breaker lets a call through: 0 when closed or half-open, or
+        once an open breaker's reset timeout has passed (it then moves to half-open)."""
         if self.state() != pybreaker.STATE_OPEN:
-            return True
+            return 0.0
         opened_at = self.cb._state_storage.opened_at
-        if opened_at and time.time() < opened_at.timestamp() + self.cb.reset_timeout:
-            return False
+        left = opened_at.timestamp() + self.cb.reset_timeout - time.time() if opened_at else 0.0
+        if left > 0:
+            return left
         with self._lock:
             if self.state(fresh=True) == pybreaker.STATE_OPEN:
                 self.cb.half_open()
             self._state = (time.monotonic(), self.cb.current_state)
-        return True
+        return 0.0
 
     def success(self) -> None:
         self._count("ok")
@@ -151,6 +157,7 @@ def breaker_for(ctx: Context, name: str) -> ProviderBreaker:
     return breaker
 
 
-def breaker_open_check(ctx: Context) -> Any:
-    """The router's question: is this provider's breaker open (no probe allowed yet)?"""
-    return lambda name: not breaker_for(ctx, name).allows()
+def breaker_wait_check(ctx: Context) -> Any:
+    """The router's question: how long until this provider's breaker lets a call through
+    (0: now)?"""
+    return lambda name: breaker_for(ctx, name).blocked_for()

@@ -14,9 +14,9 @@ log = logging.getLogger(__name__)
 
 
 def router(ctx: Context) -> Router:
-    from aiintegration.commands.breaker import breaker_open_check
+    from aiintegration.commands.breaker import breaker_wait_check
 
-    return ctx.once("router", lambda: Router(ctx.providers, breaker_open=breaker_open_check(ctx)))
+    return ctx.once("router", lambda: Router(ctx.providers, breaker_wait=breaker_wait_check(ctx)))
 
 
 def create_generation_task(

@@ -14,7 +14,7 @@ from aiintegration.commands.webhooks import notify_terminal
 from aiintegration.domain.backoff import compute_backoff
 from aiintegration.domain.records import iso
 from aiintegration.domain.states import ALLOWED_FROM, TaskStatus
-from aiintegration.errors import AIIntegrationError, RateLimited
+from aiintegration.errors import AIIntegrationError, TransientError
 
 log = logging.getLogger(__name__)
 S = TaskStatus
@@ -80,7 +80,7 @@ def handle_failure(ctx: Context, record: dict[str, Any], exc: AIIntegrationError
     task had already moved on, e.g. cancelled)."""
     error = exc.to_dict()
     if exc.retryable and retries_left(record) > 0:
-        retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
+        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
         ok = schedule_retry(ctx, record, error, from_status=from_status, run_id=run_id, retry_after=retry_after)
         return S.RETRYING if ok else ""
     reason = "retries_exhausted" if exc.retryable else "permanent_error"

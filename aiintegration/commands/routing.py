@@ -19,10 +19,11 @@ REFRESH_S = 1.0
 
 
 class Router:
-    def __init__(self, store: ProviderStore, *, breaker_open: Any = None):
+    def __init__(self, store: ProviderStore, *, breaker_wait: Any = None):
         self.store = store
-        # breaker_open(name) -> bool; the circuit breaker plugs in here.
-        self.breaker_open = breaker_open or (lambda name: False)
+        # breaker_wait(name) -> seconds until its breaker lets a call through (0: now); the
+        # circuit breaker plugs in here.
+        self.breaker_wait = breaker_wait or (lambda name: 0.0)
         self._lock = threading.Lock()
         self._checked = 0.0
         self._version = ""
@@ -80,13 +81,20 @@ class Router:
                 raise UnsupportedCapability(f"provider {pinned!r} cannot do {task_type}", provider=pinned)
             if not provider.config.enabled:
                 raise ProviderUnavailable(f"provider {pinned!r} is disabled", provider=pinned)
-            if self.breaker_open(pinned):
-                raise ProviderUnavailable(f"provider {pinned!r} circuit breaker is open", provider=pinned)
+            wait = self.breaker_wait(pinned)
+            if wait > 0:  # the retry is due when the breaker lets a probe through, not before
+                raise ProviderUnavailable(f"provider {pinned!r} circuit breaker is open", provider=pinned,
+                                          retry_after=wait)
             return provider
         capable = [n for n in self._order if n in self._configs and self.provider(n).supports(task_type)]
         if not capable:
             raise UnsupportedCapability(f"no configured provider can do {task_type}")
+        waits = []
         for name in capable:
-            if self._configs[name].enabled and not self.breaker_open(name):
-                return self.provider(name)
-        raise ProviderUnavailable(f"every provider for {task_type} is disabled or has an open circuit breaker")
+            if self._configs[name].enabled:
+                wait = self.breaker_wait(name)
+                if wait <= 0:
+                    return self.provider(name)
+                waits.append(wait)
+        raise ProviderUnavailable(f"every provider for {task_type} is disabled or has an open circuit breaker",
+                                  retry_after=min(waits) if waits else None)

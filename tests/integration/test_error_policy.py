@@ -5,6 +5,7 @@ retries, and the shared circuit breaker moving traffic to the next provider and 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -70,6 +71,32 @@ def test_thirty_percent_injected_5xx_still_ends_with_every_task_succeeded(client
     records = [wait_status(ctx, i, ["succeeded", "dead_lettered"], timeout_s=30) for i in ids]
     assert [r["status"] for r in records] == ["succeeded"] * 20
     assert sum(r["attempts"] for r in records) > 20  # faults really happened and were retried
+
+
+def test_a_task_pinned_to_a_provider_whose_breaker_is_open_retries_when_a_probe_may_go(client, auth, ctx, fake):
+    """No retry is spent against a breaker that is still open: the retry waits until the
+    breaker lets a probe through (the worker's reset is 2 s; the tests' backoff is 0.05 s)."""
+    from aiintegration.commands.breaker import breaker_for
+
+    breaker = breaker_for(ctx, "openai").cb
+    breaker.close()  # a test before may have left it open since earlier
+    breaker.open()
+    opened = time.time()
+    time.sleep(0.6)  # a worker's view of a breaker may be up to 0.5 s old (STATE_TTL_S)
+    task_id = submit(client, auth, provider="openai", max_retries=1)
+    record = wait_status(ctx, task_id, ["succeeded"], timeout_s=20)
+    events = events_of(ctx, task_id)
+    retrying = [e for e in events if e["type"] == "task.retrying"]
+    assert record["attempts"] == 2 and record["result"]["provider"] == "openai" and len(retrying) == 1
+    assert retrying[0]["reason"] == "provider_unavailable"
+    from datetime import datetime
+
+    starts = [datetime.fromisoformat(e["at"].replace("Z", "+00:00")).timestamp()
+              for e in events if e["type"] == "task.started"]
+    # pybreaker's Redis storage keeps opened_at in whole seconds, so the breaker lets a probe
+    # through 2 s after the second it opened in
+    assert starts[1] >= int(opened) + 2 - 0.05, f"the retry ran while the breaker was still open: {opened=} {events}"
+    assert breaker_for(ctx, "openai").public_state() == "closed"  # the probe succeeded
 
 
 def test_an_open_breaker_moves_traffic_to_the_next_provider_and_a_probe_closes_it(client, auth, ctx, fake):
