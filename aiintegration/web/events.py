@@ -6,6 +6,8 @@ process runs gevent workers, so a waiting client costs a greenlet, not a thread.
 from __future__ import annotations
 
 import re
+import select
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,6 +44,19 @@ def _xread(conn: Any, key: str, after: str, block_ms: int) -> list[tuple[str, di
         raise
 
 
+def client_gone(sock: Any) -> bool:
+    """True when the client has closed its end of `sock` (readable, and nothing to read).
+    An idle feed asks this between reads, so a client that left frees its greenlet and
+    Redis connection within one read block instead of at the next heartbeat write."""
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):  # closed or reset under us
+        return True
+
+
 def last_event_id() -> str:
     value = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0-0"
     if not STREAM_ID.match(value):
@@ -60,6 +75,7 @@ def feed(stream_key: str, *, is_end: Callable[[str], bool], after: str,
     them. It is asked at the start and after every empty wait: a finished task's feed
     (compacted or not, resumed past its last event or not) ends at once instead of waiting."""
     ctx = context()
+    client_socket = request.environ.get("gunicorn.socket")  # absent under other servers
     heartbeat_ms = int(ctx.settings.sse_heartbeat_s * 1000)
     max_s = ctx.settings.sse_max_s
 
@@ -108,6 +124,8 @@ def feed(stream_key: str, *, is_end: Callable[[str], bool], after: str,
                 broken = False
             idle = not rows
             if idle:
+                if client_gone(client_socket):
+                    return
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + heartbeat_ms / 1000
                     yield ": heartbeat\n\n"

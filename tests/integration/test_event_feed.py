@@ -95,3 +95,28 @@ def test_a_feed_rides_over_a_dropped_redis_connection(client, ctx):
     killer.join()
     assert b"event: chat.message" in chunk and b"the drop" in chunk and time.monotonic() - started < 4
     reply.close()
+
+
+def test_an_idle_feed_ends_soon_after_its_client_hangs_up(client, ctx):
+    """Under gunicorn the feed sees the client's socket: a client that closed it is noticed
+    at the end of the current read block, not at the next heartbeat (15 s)."""
+    import socket
+
+    sid = _open_session(client)
+    ours, theirs = socket.socketpair()
+    reply = client.get(f"/v1/chat/sessions/{sid}/events", headers=AUTH, buffered=False,
+                       environ_overrides={"gunicorn.socket": ours})
+    body = reply.response
+    assert next(body) == b"retry: 2000\n\n" and b"chat.session_started" in next(body)
+    from aiintegration.commands.chat import chat_store
+
+    theirs.close()
+    backstop = threading.Timer(6, lambda: chat_store(ctx).close(sid, "test backstop", {}))  # never hang
+    backstop.start()
+    started = time.monotonic()
+    rest = b"".join(body)
+    elapsed = time.monotonic() - started
+    backstop.cancel()
+    assert elapsed < 3.5 and b"chat.session_closed" not in rest, "the feed waited for a client that had left"
+    reply.close()
+    ours.close()
