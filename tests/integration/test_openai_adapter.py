@@ -104,6 +104,24 @@ def test_each_fault_maps_onto_the_error_tree_without_the_key(fake, fault, error,
         assert "max_tokens is too large" in caught.value.message
 
 
+@pytest.mark.parametrize("fault,error", [
+    (Fault(status=429, retry_after=2), errors.RateLimited),
+    (Fault(status=503), errors.ProviderUnavailable),
+    (Fault(status=400, message="max_tokens is too large"), errors.InvalidRequest),
+    (Fault(status=401, message="Incorrect API key provided"), errors.AuthenticationFailed),
+    (Fault(malformed=True), errors.ProviderUnavailable),
+])
+def test_a_streaming_request_maps_each_fault_the_same_way(fake, fault, error):
+    fake.script(fault)
+    with pytest.raises(error) as caught:
+        list(provider(fake).stream(text(), lambda: False))
+    assert caught.value.provider == "openai" and KEY not in str(caught.value)
+    if isinstance(caught.value, errors.RateLimited):
+        assert caught.value.retry_after == 2.0
+    if fault.status == 400:
+        assert "max_tokens is too large" in caught.value.message
+
+
 def test_a_provider_that_hangs_past_the_timeout_is_a_provider_timeout(fake):
     fake.script(Fault(status=200, delay_s=3))
     started = time.monotonic()
