@@ -111,6 +111,28 @@ class Beat(Worker):
                 "-s", str(schedule)]
 
 
+class Web(Worker):
+    """The web process exactly as the Procfile's `web` line runs it (gunicorn, gevent workers),
+    on 127.0.0.1:`port`."""
+
+    ready_marker = "Booting worker"
+
+    def __init__(self, db: int, port: int, *, workers: int = 1, env: dict[str, str] | None = None):
+        super().__init__(db, env={"AII_WEB_BIND": f"127.0.0.1:{port}", "AII_WEB_WORKERS": str(workers),
+                                  **(env or {})}, name="web")
+        self.port = port
+
+    def command(self) -> list[str]:
+        import re
+        import shlex
+
+        line = next(li for li in (ROOT / "Procfile").read_text().splitlines() if li.startswith("web:"))
+        line = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: self.env.get(m.group(1), m.group(2)), line[4:])
+        args = shlex.split(line)
+        assert args[0] == "gunicorn", args
+        return [sys.executable, "-m", "gunicorn", *args[1:]]
+
+
 def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 15, interval_s: float = 0.05,
              what: str = "condition") -> Any:
     end = time.monotonic() + timeout_s
