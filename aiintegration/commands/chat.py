@@ -149,18 +149,28 @@ class ChatStream:
         self.session_id, self.message_id = meta["chat_session_id"], meta["chat_message_id"]
         self.task_id, self.attempt, self.seq = record["id"], record.get("attempts"), 0
         self._lock, self._open = threading.Lock(), True
+        self._conn: Any = None  # the answer's own Redis connection, taken at the first delta
 
     def delta(self, text: str) -> None:
         with self._lock:
             if not self._open:
                 return
             self.seq += 1
-            self.store.emit(self.session_id, "chat.response.delta", message_id=self.message_id,
-                            task_id=self.task_id, attempt=self.attempt, seq=self.seq, text=text)
+            if self._conn is None:
+                self._conn = self.ctx.redis.connection_pool.get_connection()
+            self.store.emit_on(self._conn, self.session_id, "chat.response.delta", message_id=self.message_id,
+                               task_id=self.task_id, attempt=self.attempt, seq=self.seq, text=text)
 
     def _close(self) -> None:
         with self._lock:
             self._open = False
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            self.ctx.redis.connection_pool.release(conn)
+
+    def close(self) -> None:
+        """Idempotent; the task calls it however the attempt ended."""
+        self._close()
 
     def completed(self, generation: Generation) -> None:
         self._close()

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from aiintegration.commands.breaker import breaker_for
-from aiintegration.commands.chat import stream_for
+from aiintegration.commands.chat import ChatStream, stream_for
 from aiintegration.commands.context import Context
 from aiintegration.commands.create import router
 from aiintegration.commands.failures import handle_failure, mark_timed_out
@@ -59,10 +59,20 @@ def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_t
     attempt = Attempt(task_id, run_id, deadline=record["deadline_at"])
     request = GenerationRequest(record["task_type"], record["request_content"],
                                 timeout_s=max(0.5, attempt.deadline - time.time()))
+    chat = stream_for(ctx, record)
+    try:
+        return _attempt(ctx, record, provider, request, attempt, chat, chat.delta if chat else on_delta)
+    finally:
+        if chat:
+            chat.close()
+
+
+def _attempt(ctx: Context, record: dict[str, Any], provider: Provider, request: GenerationRequest,
+             attempt: Attempt, chat: ChatStream | None, on_delta: Any) -> str:
+    """The provider call of one claimed attempt and what its outcome makes of the task."""
+    task_id, run_id = record["id"], attempt.run_id
     breaker = breaker_for(ctx, provider.name)
     started = time.monotonic()
-    chat = stream_for(ctx, record)
-    on_delta = chat.delta if chat else on_delta
     outcome = runner(ctx).run(attempt, lambda a: _call(provider, request, a, on_delta))
     if chat and (outcome.stopped or outcome.error is not None):
         chat.incomplete(outcome.stopped or type(outcome.error).__name__)

@@ -77,6 +77,19 @@ class ChatStore:
         return str(self.r.xadd(self.stream_key(session_id), {"type": event, "data": self.event_data(
             event, session_id, **fields)}, maxlen=self.maxlen, approximate=True))
 
+    def emit_on(self, conn: Any, session_id: str, event: str, **fields: Any) -> str:
+        """`emit` on a connection the caller holds for a whole answer: one XADD sent and read
+        directly, without the client's per-command pool checkout, retry and metrics layers
+        (~0.1 ms of CPU per chunk of a streamed answer). A failed write drops the connection,
+        so a late reply can never be read as the next one's."""
+        try:
+            conn.send_command("XADD", self.stream_key(session_id), "MAXLEN", "~", self.maxlen, "*",
+                              "type", event, "data", self.event_data(event, session_id, **fields))
+            return str(conn.read_response())
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()
+            raise
+
     def close(self, session_id: str, reason: str, stats: dict[str, Any]) -> str:
         now = time.time()
         data = self.event_data("chat.session_closed", session_id, reason=reason, stats=stats)

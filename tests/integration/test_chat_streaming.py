@@ -111,11 +111,22 @@ def test_a_late_delta_from_a_stopped_call_never_follows_the_incomplete_event(ctx
     from aiintegration.commands.chat import ChatStream, chat_store, start_chat_session
 
     sid = start_chat_session(ctx, "u-late", "i-late", "ctx")["id"]
+    pool = ctx.redis.connection_pool
+
+    def in_use() -> int:  # BlockingConnectionPool: every connection made, minus the idle ones
+        return len(pool._connections) - sum(1 for c in list(pool.pool.queue) if c is not None)
+
+    idle_before = in_use()
     stream = ChatStream(ctx, {"id": "task-late", "attempts": 1,
                               "metadata": {"chat_session_id": sid, "chat_message_id": "m-late"}})
     stream.delta("one")
+    stream.delta("two")
+    assert in_use() == idle_before + 1  # the answer's deltas go through its one connection
     stream.incomplete("cancelled")
-    stream.delta("two")  # too late
+    assert in_use() == idle_before  # given back at the end
+    stream.delta("three")  # too late
+    stream.close()  # the task's finally: harmless after the end
     rows = ctx.redis.xrange(chat_store(ctx).stream_key(sid))
     assert [fields["type"] for _, fields in rows] == [
-        "chat.session_started", "chat.response.delta", "chat.response.incomplete"]
+        "chat.session_started", "chat.response.delta", "chat.response.delta", "chat.response.incomplete"]
+    assert [json.loads(fields["data"]).get("seq") for _, fields in rows[1:3]] == [1, 2]
