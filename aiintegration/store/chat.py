@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from aiintegration.domain.records import dumps, iso
+from aiintegration.store import streams
 from aiintegration.store.tasks import stream_after
 
 JSON_FIELDS = ("context", "stats")
@@ -78,17 +79,10 @@ class ChatStore:
             event, session_id, **fields)}, maxlen=self.maxlen, approximate=True))
 
     def emit_on(self, conn: Any, session_id: str, event: str, **fields: Any) -> str:
-        """`emit` on a connection the caller holds for a whole answer: one XADD sent and read
-        directly, without the client's per-command pool checkout, retry and metrics layers
-        (~0.1 ms of CPU per chunk of a streamed answer). A failed write drops the connection,
-        so a late reply can never be read as the next one's."""
-        try:
-            conn.send_command("XADD", self.stream_key(session_id), "MAXLEN", "~", self.maxlen, "*",
-                              "type", event, "data", self.event_data(event, session_id, **fields))
-            return str(conn.read_response())
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            conn.disconnect()
-            raise
+        """`emit` on a connection the caller holds for a whole answer (store/streams.py: ~0.1 ms
+        less CPU per chunk of a streamed answer)."""
+        return str(streams.command(conn, "XADD", self.stream_key(session_id), "MAXLEN", "~", self.maxlen, "*",
+                                   "type", event, "data", self.event_data(event, session_id, **fields)))
 
     def close(self, session_id: str, reason: str, stats: dict[str, Any]) -> str:
         now = time.time()

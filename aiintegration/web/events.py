@@ -16,32 +16,11 @@ import redis
 from flask import Response, request, stream_with_context
 
 from aiintegration.errors import ValidationError
+from aiintegration.store import streams
 from aiintegration.web import context
 
 BLOCK_MS = 2000
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-
-
-def _entries(reply: Any, key: str) -> list[tuple[str, dict[str, str]]]:
-    """XREAD's raw reply for one stream (RESP3: {key: entries}; RESP2: [[key, entries]];
-    no reply when the block ran out) → [(id, fields)]."""
-    if not reply:
-        return []
-    entries = reply.get(key, []) if isinstance(reply, dict) else reply[0][1]
-    return [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True))) for entry_id, flat in entries]
-
-
-def _xread(conn: Any, key: str, after: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
-    """One XREAD BLOCK on the feed's own connection, without the client's per-command layers
-    (pool checkout and its readiness poll, retry wrapper, metrics hooks, reply callbacks):
-    they were most of the web's CPU per event with 50 busy feeds. A timed-out or broken
-    read drops the connection, so a late reply can never be taken for the next one."""
-    try:
-        conn.send_command("XREAD", "COUNT", 200, "BLOCK", block_ms, "STREAMS", key, after)
-        return _entries(conn.read_response(), key)
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
-        conn.disconnect()
-        raise
 
 
 def client_gone(sock: Any) -> bool:
@@ -65,7 +44,7 @@ def last_event_id() -> str:
     return value
 
 
-Rows = list[tuple[str, dict[str, str]]]
+Rows = streams.Rows
 
 
 def feed(stream_key: str, *, is_end: Callable[[str], bool], after: str,
@@ -93,7 +72,7 @@ def feed(stream_key: str, *, is_end: Callable[[str], bool], after: str,
 
     def generate() -> Iterator[str]:
         pool = ctx.redis.connection_pool
-        conn = pool.get_connection()  # the feed's own, for all its reads
+        conn = pool.get_connection()  # the feed's own, for all its reads (store/streams.py)
         try:
             yield from _read(conn)
         finally:
@@ -113,7 +92,7 @@ def feed(stream_key: str, *, is_end: Callable[[str], bool], after: str,
             try:
                 # Short blocks: a blocked read that outlives a socket timeout (seen under
                 # gevent) is just "nothing yet", not an error that ends the feed.
-                rows = _xread(conn, stream_key, last, min(heartbeat_ms, BLOCK_MS))
+                rows = streams.read_after(conn, stream_key, last, min(heartbeat_ms, BLOCK_MS))
             except redis.TimeoutError:
                 rows = []
             except redis.ConnectionError:

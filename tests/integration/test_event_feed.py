@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from aiintegration.web.events import _xread
+from aiintegration.store.streams import read_after
 from tests.conftest import TOKEN
 from tests.support import redis_url
 
@@ -24,10 +24,10 @@ def test_a_raw_xread_reply_of_either_protocol_becomes_rows(db, protocol):
     second = client.xadd(key, {"type": "c.d", "data": '{"n": 2}', "extra": ""})
     conn = client.connection_pool.get_connection()
     try:
-        assert _xread(conn, key, "0-0", 100) == [(first, {"type": "a.b", "data": '{"n": 1}'}),
+        assert read_after(conn, key, "0-0", 100) == [(first, {"type": "a.b", "data": '{"n": 1}'}),
                                                  (second, {"type": "c.d", "data": '{"n": 2}', "extra": ""})]
         started = time.monotonic()
-        assert _xread(conn, key, second, 100) == []  # the block ran out
+        assert read_after(conn, key, second, 100) == []  # the block ran out
         assert time.monotonic() - started >= 0.09
     finally:
         client.connection_pool.release(conn)
