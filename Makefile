@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-unit lint bench clean
+.PHONY: install run test test-unit check lint bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -18,14 +18,19 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/aiintegration run
 
-test: $(STAMP)
+test: $(STAMP) check
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Static checks that run before the suite: mypy --strict, the layering contracts, ruff.
+check: $(STAMP)
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/ruff check aiintegration tests bench
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check aiintegration tests bench
+lint: check
 
 bench: $(STAMP)
 	$(PY) bench/throughput.py

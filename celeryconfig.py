@@ -6,13 +6,13 @@ Every value can be tuned from the environment; the README lists the variables.
 import os
 
 from aiintegration.config import get_settings
-from aiintegration.store.broker import use_for_redis_urls
+from aiintegration.kombu_transport import use_for_redis_urls
 
 _s = get_settings()
 
 broker_url = _s.redis_url
 # redis:// means kombu's Redis transport minus a client object per command, and surviving a
-# close after a lost connection (aiintegration/store/broker.py).
+# close after a lost connection (aiintegration/kombu_transport.py).
 use_for_redis_urls()
 result_backend = _s.redis_url
 broker_connection_retry_on_startup = True

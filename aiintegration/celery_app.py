@@ -1,30 +1,65 @@
-"""The Celery app: `celery -A aiintegration.celery_app worker|beat|flower`."""
+"""The Celery app: `celery -A aiintegration.celery_app worker|beat|flower`.
+
+It is also what publishes every message the commands send (`CeleryPublisher`): importing
+this module installs it as the publisher of the process's context (worker, beat), and the
+web app factory and the CLI hand it to the contexts they build.
+"""
+
+from __future__ import annotations
 
 from typing import Any
 
 from celery import Celery
 from celery.signals import after_setup_logger, worker_ready
 
+from aiintegration.commands.context import get_context, use_publisher
+from aiintegration.commands.liveness import worker_started
+from aiintegration.config import get_settings
+from aiintegration.domain.states import to_broker_priority
+from aiintegration.logs import configure
+
+
+class _Sent:
+    """What `send_task` hands back. Results live in the task record; Celery's AsyncResult
+    would build a result backend per thread (per greenlet under gevent: ~5 ms each)."""
+
+    __slots__ = ("id", "ignored")
+
+    def __init__(self, task_id: str) -> None:
+        self.id = task_id
+
+
+# ignore_result: without it every send SUBSCRIBEs to a result channel and UNSUBSCRIBEs when
+# the result object is dropped (half the cost of a submission).
+_SEND_OPTIONS: dict[str, Any] = {"ignore_result": True, "result_cls": _Sent, "add_to_parent": False}
+
+
+class CeleryPublisher:
+    """Puts the commands' messages on a Celery app's broker (`Publisher`)."""
+
+    def __init__(self, app: Celery):
+        self.app = app
+
+    def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None) -> None:
+        self.app.send_task("aiintegration.process_task", kwargs={"task_id": task_id}, **_SEND_OPTIONS,
+                           priority=to_broker_priority(priority), countdown=countdown or None)
+
+    def dispatch(self, name: str, kwargs: dict[str, Any]) -> None:
+        self.app.send_task(name, kwargs=kwargs, **_SEND_OPTIONS)
+
+
 app = Celery("aiintegration", include=["aiintegration.tasks.generation", "aiintegration.tasks.sweeps",
                                        "aiintegration.tasks.providers", "aiintegration.tasks.webhooks",
                                        "aiintegration.tasks.chat"])
 app.config_from_object("celeryconfig")
+use_publisher(CeleryPublisher(app))
 
 
 @after_setup_logger.connect
 def _structured_logs(**_: Any) -> None:
-    from aiintegration.config import get_settings
-    from aiintegration.logs import configure
-
     configure(json_lines=get_settings().log_json)
 
 
 @worker_ready.connect
 def _announce(sender: Any = None, **_: Any) -> None:
-    from aiintegration.commands.context import get_context
-    from aiintegration.commands.runner import start_liveness
-    from aiintegration.store.redis_client import check_server_config
-
-    ctx = get_context()
-    check_server_config(ctx.redis)
-    start_liveness(ctx, getattr(sender, "hostname", "worker"))
+    worker_started(get_context(), getattr(sender, "hostname", "worker"))

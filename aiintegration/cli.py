@@ -13,7 +13,10 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aiintegration.commands.context import Context
 
 
 def _wait_http(url: str, timeout_s: float) -> bool:
@@ -93,44 +96,44 @@ def _print(data: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def _context() -> Context:
+    """The CLI's context: the environment's settings, publishing through the Celery app."""
+    from aiintegration.celery_app import CeleryPublisher, app
+    from aiintegration.commands.context import Context
+    from aiintegration.config import get_settings
+
+    return Context.build(get_settings(), CeleryPublisher(app))
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    from aiintegration.commands.context import get_context
     from aiintegration.commands.create import create_generation_task
 
     content = {"prompt": args.prompt} if args.task_type != "chat_completion" else {
         "messages": [{"role": "user", "content": args.prompt}]}
-    task_id, created = create_generation_task(get_context(), task_type=args.task_type, request_content=content,
+    task_id, created = create_generation_task(_context(), task_type=args.task_type, request_content=content,
                                               requested_by=args.requested_by, priority=args.priority)
     _print({"id": task_id, "created": created})
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from aiintegration.commands.context import get_context
-    from aiintegration.commands.lifecycle import get_task
-    from aiintegration.domain.records import public
-    from aiintegration.domain.states import TaskStatus
+    from aiintegration.commands.lifecycle import get_task, task_counts
 
-    ctx = get_context()
-    if args.task_id:
-        _print(public(get_task(ctx, args.task_id)))
-    else:
-        _print({status.value: ctx.tasks.count(status) for status in TaskStatus})
+    ctx = _context()
+    _print(get_task(ctx, args.task_id).public() if args.task_id else task_counts(ctx))
     return 0
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
     from aiintegration.commands import dlq
-    from aiintegration.commands.context import get_context
-    from aiintegration.domain.records import public
 
-    ctx = get_context()
+    ctx = _context()
     if args.action == "list":
         items, cursor = dlq.list_entries(ctx, limit=args.limit, provider=args.provider, error_class=args.error_class)
         _print({"items": items, "next_cursor": cursor})
     elif args.action == "replay":
         if args.task_id:
-            _print(public(dlq.replay(ctx, args.task_id)))
+            _print(dlq.replay(ctx, args.task_id).public())
         else:
             _print(dlq.replay_matching(ctx, provider=args.provider, error_class=args.error_class))
     elif args.action == "review":
@@ -142,9 +145,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 def cmd_providers(args: argparse.Namespace) -> int:
     from aiintegration.commands import providers
-    from aiintegration.commands.context import get_context
 
-    ctx = get_context()
+    ctx = _context()
     if args.switch:
         _print(providers.switch_provider(ctx, args.switch[0], args.switch[1], args.reason or "switched from the CLI"))
     else:

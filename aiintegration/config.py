@@ -96,15 +96,6 @@ class Settings:
         )
 
 
-BROKER_QUEUE = "celery"
-_PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport default
-
-
-def broker_lists(queue: str = BROKER_QUEUE) -> list[str]:
-    """The Redis lists behind one Celery queue, broker priority 0 (most urgent) first."""
-    return [queue] + [f"{queue}{_PRIORITY_SEP}{step}" for step in range(1, 10)]
-
-
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings; tests build their own `Settings` instead."""

@@ -8,7 +8,8 @@ them imports an SDK exception. The retry policy only ever asks "transient or not
     │   │                         earliest retry worth making, when known)
     │   ├── RateLimited           429; retry_after from the provider's Retry-After
     │   ├── ProviderUnavailable   5xx, overloaded, connection refused or dropped, open breaker
-    │   └── ProviderTimeout       the provider did not answer in time
+    │   ├── ProviderTimeout       the provider did not answer in time
+    │   └── WebhookFailed         a webhook receiver did not accept a delivery
     ├── PermanentError            straight to the dead-letter queue
     │   ├── InvalidRequest        400/404/422, a request the provider will never accept
     │   ├── AuthenticationFailed  401/403
@@ -16,7 +17,8 @@ them imports an SDK exception. The retry policy only ever asks "transient or not
     │   └── ContentRejected       content policy
     ├── TaskTimedOut              an attempt ran past its deadline
     ├── TaskCancelled             the task was cancelled while it ran
-    ├── ValidationError           bad input from a caller (HTTP 422, or 413 when too large)
+    ├── ValidationError           bad input from a caller (HTTP 422)
+    │   └── PayloadTooLarge       over a size cap (HTTP 413)
     ├── NotFound                  no such task, session, DLQ entry or provider (HTTP 404)
     └── Conflict                  the thing exists but is in the wrong state (HTTP 409)
 """
@@ -81,6 +83,12 @@ class ProviderTimeout(TransientError):
 
     code = "provider_timeout"
     http_status = 504
+
+
+class WebhookFailed(TransientError):
+    """The receiver did not accept the webhook; delivery is retried with backoff."""
+
+    code = "webhook_failed"
 
 
 class PermanentError(AIIntegrationError):

@@ -14,7 +14,6 @@ provider with latency_ms=500, completion, events) for each.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import time
@@ -40,15 +39,15 @@ def run_raw(url: str, n: int, concurrency: int, latency: float, log: Path, pool:
 
 
 def run_system(url: str, n: int, concurrency: int, latency: float, log: Path, pool: str) -> float:
-    from aiintegration.commands.context import Context, enqueue_process_task
+    from aiintegration.celery_app import CeleryPublisher
+    from aiintegration.commands.context import Context
     from aiintegration.commands.create import create_generation_task
     from aiintegration.config import Settings
     from tests.support import celery_for
 
-    enqueue = functools.partial(enqueue_process_task, celery_for(url))
     settings = Settings.from_env({**os.environ, "REDIS_URL": url, "AII_PROVIDERS": "local",
                                   "AII_LOCAL_LATENCY_MS": str(latency * 1000)})
-    ctx = Context.from_settings(settings, enqueue=enqueue)
+    ctx = Context.build(settings, CeleryPublisher(celery_for(url)))
     ids = [create_generation_task(ctx, task_type="text_generation", request_content={"prompt": f"io {i}"},
                                   requested_by="bench")[0] for i in range(n)]
     worker = start_worker("aiintegration.celery_app", url, concurrency, log, latency_ms=latency * 1000, wait=False, pool=pool)
@@ -61,8 +60,8 @@ def run_system(url: str, n: int, concurrency: int, latency: float, log: Path, po
     finally:
         stop(worker)
     records = ctx.tasks.get_many(ids)
-    starts = [r["started_at"] for r in records]
-    ends = [r["finished_at"] for r in records]
+    starts = [r.started_at for r in records if r and r.started_at]
+    ends = [r.finished_at for r in records if r and r.finished_at]
     return n / (max(ends) - min(starts))
 
 

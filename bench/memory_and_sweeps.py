@@ -34,12 +34,13 @@ PROMPT = "Write a two-line product description for a blue ceramic mug."
 def _context(url: str, **overrides: Any) -> Any:
     from aiintegration.commands.context import Context
     from aiintegration.config import Settings
+    from tests.support import RecordingPublisher
 
     settings = Settings.from_env({**os.environ, "REDIS_URL": url, "AII_PROVIDERS": "local",
                                   "AII_LOCAL_LATENCY_MS": "0"})
     if overrides:
         settings = Settings(**{**settings.__dict__, **overrides})
-    return Context.from_settings(settings, enqueue=lambda *_: None)
+    return Context.build(settings, RecordingPublisher())
 
 
 def _finish(args: tuple[str, int, int]) -> int:

@@ -87,14 +87,18 @@ def run_system(url: str, n: int) -> tuple[float, float]:
     from aiintegration.domain.states import to_broker_priority
     from tests.support import celery_for
 
-    publisher = celery_for(url)
+    app = celery_for(url)
 
-    def enqueue(task_id: str, priority: int, countdown: float | None = None) -> None:
-        publisher.send_task("aiintegration.process_task", kwargs={"task_id": task_id},
-                            priority=to_broker_priority(priority), countdown=countdown or None)
+    class Publisher:
+        def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None) -> None:
+            app.send_task("aiintegration.process_task", kwargs={"task_id": task_id},
+                          priority=to_broker_priority(priority), countdown=countdown or None)
+
+        def dispatch(self, name: str, kwargs: dict) -> None:
+            app.send_task(name, kwargs=kwargs)
 
     settings = Settings.from_env({**os.environ, "REDIS_URL": url, "AII_PROVIDERS": "local"})
-    ctx = Context.from_settings(settings, enqueue=enqueue)
+    ctx = Context.build(settings, Publisher())
     before = ctx.tasks.count("succeeded")
     t0 = time.perf_counter()
     for i in range(n):

@@ -1,4 +1,10 @@
-"""What every command needs, built once per process: settings, stores, router, enqueue."""
+"""What every command needs, built once per process: settings, the stores, the router, the
+attempt runner, and the publisher that puts messages on the broker.
+
+Commands never import Celery. An entry point hands the context its publisher: the Celery app
+installs one for its process (`use_publisher`, as dramatiq's `set_broker`), the Flask app
+factory and the CLI build their own `Context` around the Celery app they hold.
+"""
 
 from __future__ import annotations
 
@@ -6,112 +12,109 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+from aiintegration.commands.routing import Router
+from aiintegration.commands.runner import AttemptRunner
 from aiintegration.config import Settings, get_settings
-from aiintegration.store.providers import ProviderStore, default_configs
+from aiintegration.domain.providers import default_configs
+from aiintegration.store.breakers import Breakers
+from aiintegration.store.broker_queue import BrokerQueue
+from aiintegration.store.chat import ChatStore
+from aiintegration.store.dlq import DlqStore
+from aiintegration.store.events import EventLog
+from aiintegration.store.keys import Keys
+from aiintegration.store.metrics import MetricsStore
+from aiintegration.store.providers import ProviderStore
 from aiintegration.store.redis_client import get_redis
+from aiintegration.store.sweeps import SweepStore
 from aiintegration.store.tasks import TaskStore
+from aiintegration.store.workers import WorkerRegistry
 
 log = logging.getLogger("aiintegration")
 
-# enqueue(task_id, api_priority, countdown_s) puts a process_task message on the broker.
-Enqueue = Callable[[str, int, float | None], None]
+
+def breaker_event(events: EventLog, provider: str, old: str, new: str) -> None:
+    """A breaker that opened or closed is an event operators see (`provider.breaker_*`)."""
+    kind = {"open": "provider.breaker_opened", "closed": "provider.breaker_closed"}.get(new)
+    if kind:
+        events.append(kind, provider=provider, previous=old, state=new)
+        log.warning("circuit breaker %s: %s -> %s", provider, old, new)
 
 
-class _Sent:
-    """What `send_task` hands back. Results live in the task record; Celery's AsyncResult
-    would build a result backend per thread (per greenlet under gevent: ~5 ms each)."""
+class Publisher(Protocol):
+    """Puts task messages on the broker (the Celery app's, in production)."""
 
-    __slots__ = ("id", "ignored")
+    def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None) -> None:
+        """A process_task message for `task_id` at API priority `priority`, due after `countdown` s."""
 
-    def __init__(self, task_id: str) -> None:
-        self.id = task_id
-
-
-# ignore_result: without it every send SUBSCRIBEs to a result channel and UNSUBSCRIBEs when
-# the result object is dropped (half the cost of a submission).
-_SEND_OPTIONS: dict[str, Any] = {"ignore_result": True, "result_cls": _Sent, "add_to_parent": False}
-
-
-def publish(app: Any, name: str, kwargs: dict[str, Any], **options: Any) -> None:
-    """Put one task message on `app`'s broker (every message the commands send comes here)."""
-    app.send_task(name, kwargs=kwargs, **_SEND_OPTIONS, **options)
-
-
-def enqueue_process_task(app: Any, task_id: str, priority: int, countdown: float | None = None) -> None:
-    from aiintegration.domain.states import to_broker_priority
-
-    publish(app, "aiintegration.process_task", {"task_id": task_id}, priority=to_broker_priority(priority),
-            countdown=countdown or None)
-
-
-def celery_enqueue(task_id: str, priority: int, countdown: float | None = None) -> None:
-    from aiintegration.celery_app import app
-
-    enqueue_process_task(app, task_id, priority, countdown)
-
-
-def celery_dispatch(name: str, kwargs: dict[str, Any]) -> None:
-    from aiintegration.celery_app import app
-
-    publish(app, name, kwargs)
+    def dispatch(self, name: str, kwargs: dict[str, Any]) -> None:
+        """Any other task, by its stable name."""
 
 
 @dataclass
 class Context:
     settings: Settings
+    publisher: Publisher
     tasks: TaskStore
+    dlq: DlqStore
+    chats: ChatStore
     providers: ProviderStore
-    enqueue: Enqueue = celery_enqueue
-    dispatch: Callable[[str, dict[str, Any]], None] = celery_dispatch  # any other task, by name
+    events: EventLog
+    breakers: Breakers
+    broker: BrokerQueue
+    workers: WorkerRegistry
+    sweeps: SweepStore
+    metrics: MetricsStore
+    router: Router
+    runner: AttemptRunner
     clock: Callable[[], float] = time.time
-    _cache: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> Context:
-        client = get_redis(settings.redis_url, max_connections=settings.redis_max_connections)
+    def build(cls, settings: Settings, publisher: Publisher, *, clock: Callable[[], float] = time.time) -> Context:
+        """Every part on one Redis client; the providers of AII_PROVIDERS seeded unless configured."""
+        s = settings
+        client = get_redis(s.redis_url, max_connections=s.redis_max_connections)
+        keys = Keys(s.key_prefix)
+        events = EventLog(client, keys=keys, maxlen=s.global_stream_maxlen)
+        providers = ProviderStore(client, keys=keys)
+        breakers = Breakers(s.redis_url, client, keys=keys, fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s,
+                            on_change=lambda name, old, new: breaker_event(events, name, old, new))
+        tasks = TaskStore(client, keys=keys, retention_s=s.retention_s, idempotency_ttl_s=s.idempotency_ttl_s,
+                          task_stream_maxlen=s.task_stream_maxlen, global_stream_maxlen=s.global_stream_maxlen)
         ctx = cls(
-            settings=settings,
-            tasks=TaskStore(client, prefix=settings.key_prefix, retention_s=settings.retention_s,
-                            idempotency_ttl_s=settings.idempotency_ttl_s,
-                            task_stream_maxlen=settings.task_stream_maxlen,
-                            global_stream_maxlen=settings.global_stream_maxlen),
-            providers=ProviderStore(client, prefix=settings.key_prefix),
-            **overrides,
+            settings=s, publisher=publisher, tasks=tasks, dlq=DlqStore(client, keys=keys),
+            chats=ChatStore(client, keys=keys, retention_s=s.retention_s), providers=providers, events=events,
+            breakers=breakers, broker=BrokerQueue(client), workers=WorkerRegistry(client, keys=keys),
+            sweeps=SweepStore(client, keys=keys), metrics=MetricsStore(client, keys=keys), router=Router(providers, blocked_for=breakers.blocked_for),
+            runner=AttemptRunner(tasks, lease_s=s.lease_s), clock=clock,
         )
-        ctx.providers.seed(default_configs(settings.providers, settings.provider_env,
-                                           local_latency_ms=settings.local_latency_ms))
+        providers.seed(default_configs(s.providers, s.provider_env, local_latency_ms=s.local_latency_ms))
         return ctx
 
-    @property
-    def redis(self) -> Any:
-        return self.tasks.r
-
-    def once(self, name: str, build: Callable[[], Any]) -> Any:
-        """A per-context singleton (router, runner), built on first use."""
-        with _lock:
-            if name not in self._cache:
-                self._cache[name] = build()
-            return self._cache[name]
+    def enqueue(self, task_id: str, priority: int, countdown: float | None = None) -> None:
+        self.publisher.enqueue_process_task(task_id, priority, countdown)
 
 
-_lock = threading.RLock()
+_lock = threading.Lock()
+_publisher: Publisher | None = None
 _context: Context | None = None
 
 
+def use_publisher(publisher: Publisher) -> None:
+    """The publisher of this process's context (the Celery app installs its own at import)."""
+    global _publisher
+    _publisher = publisher
+
+
 def get_context() -> Context:
-    """The process-wide context, from the environment."""
+    """The process-wide context, from the environment, built on first use."""
     global _context
     with _lock:
         if _context is None:
-            _context = Context.from_settings(get_settings())
+            if _publisher is None:
+                raise RuntimeError("no publisher installed: load aiintegration.celery_app (worker, beat) "
+                                   "or build a Context with one (web app, CLI)")
+            _context = Context.build(get_settings(), _publisher)
         return _context
-
-
-def set_context(ctx: Context | None) -> None:
-    """Replace the process-wide context (tests, the web app factory)."""
-    global _context
-    with _lock:
-        _context = ctx

@@ -6,17 +6,10 @@ import logging
 from typing import Any
 
 from aiintegration.commands.context import Context
-from aiintegration.commands.routing import Router
 from aiintegration.domain.submission import validate_submission
 from aiintegration.errors import ValidationError
 
 log = logging.getLogger(__name__)
-
-
-def router(ctx: Context) -> Router:
-    from aiintegration.commands.breaker import breaker_wait_check
-
-    return ctx.once("router", lambda: Router(ctx.providers, breaker_wait=breaker_wait_check(ctx)))
 
 
 def create_generation_task(
@@ -38,13 +31,13 @@ def create_generation_task(
         metadata=metadata, options=options, idempotency_key=idempotency_key,
         default_timeout_s=s.task_timeout_s, max_timeout_s=s.max_task_timeout_s, default_max_retries=s.max_retries,
     )
-    pinned = sub.options.get("provider")
-    if pinned and not router(ctx).known(pinned):
+    pinned = sub.options.provider
+    if pinned and not ctx.router.known(pinned):
         raise ValidationError("unknown provider", details={"options.provider": f"no provider named {pinned!r}"})
     task_id, created = ctx.tasks.create(sub, now=ctx.clock())
     if created:
         try:
-            ctx.enqueue(task_id, sub.priority, None)
+            ctx.enqueue(task_id, sub.priority)
         except Exception:  # noqa: BLE001 - the record is stored; the pending sweep enqueues it
             log.exception("enqueue failed; the pending-task sweep will pick the task up", extra={"task_id": task_id})
     return task_id, created

@@ -12,74 +12,66 @@ from typing import Any
 from aiintegration.commands.context import Context
 from aiintegration.commands.webhooks import notify_terminal
 from aiintegration.domain.backoff import compute_backoff
-from aiintegration.domain.records import iso
-from aiintegration.domain.states import ALLOWED_FROM, TaskStatus
+from aiintegration.domain.records import TaskRecord, iso
+from aiintegration.domain.states import TaskStatus
 from aiintegration.errors import AIIntegrationError, TransientError
 
 log = logging.getLogger(__name__)
 S = TaskStatus
 
 
-def retries_left(record: dict[str, Any]) -> int:
-    """Automatic retries still allowed; a manual retry or replay starts a fresh budget."""
-    used = int(record.get("attempts") or 0) - int(record.get("budget_from") or 0) - 1
-    return int(record.get("max_retries") or 0) - used
-
-
-def dead_letter(ctx: Context, record: dict[str, Any], error: dict[str, Any], *, from_status: str,
+def dead_letter(ctx: Context, record: TaskRecord, error: dict[str, Any], *, from_status: TaskStatus,
                 run_id: str | None = None, reason: str = "permanent_error") -> bool:
     """Move a task to the DLQ with `task.failed` and `task.dead_lettered`, atomically."""
     now = ctx.clock()
-    entry = {
-        "task_id": record["id"], "task_type": record["task_type"], "requested_by": record["requested_by"],
-        "provider": error.get("provider") or record.get("provider"), "error": error,
-        "attempts": record.get("attempts", 0), "dead_lettered_at": iso(now), "reason": reason,
-        "review_state": "pending", "auto_retries": int(record.get("auto_retries") or 0), "notes": [],
+    entry: dict[str, Any] = {
+        "task_id": record.id, "task_type": record.task_type, "requested_by": record.requested_by,
+        "provider": error.get("provider") or record.provider, "error": error,
+        "attempts": record.attempts, "dead_lettered_at": iso(now), "reason": reason,
+        "review_state": "pending", "auto_retries": record.auto_retries, "notes": [],
     }
     done, _ = ctx.tasks.transition(
-        record["id"], to=S.DEAD_LETTERED, allowed_from=[from_status],
-        require=("run_id", run_id) if run_id else None,
-        events=[("task.failed", {"attempt": record.get("attempts"), "error": error}),
+        record.id, to=S.DEAD_LETTERED, allowed_from=[from_status], run_id=run_id,
+        events=[("task.failed", {"attempt": record.attempts, "error": error}),
                 ("task.dead_lettered", {"reason": reason, "error_class": error.get("class")})],
         fields={"error": error, "finished_at": now, "worker_id": ""}, dlq_entry=entry, now=now,
     )
     if done:
         log.warning("dead-lettered (%s): %s: %s", reason, error.get("code"), error.get("message"),
-                    extra={"task_id": record["id"], "provider": error.get("provider")})
+                    extra={"task_id": record.id, "provider": error.get("provider")})
         notify_terminal(ctx, record)
     return done
 
 
-def schedule_retry(ctx: Context, record: dict[str, Any], error: dict[str, Any], *, from_status: str,
+def schedule_retry(ctx: Context, record: TaskRecord, error: dict[str, Any], *, from_status: TaskStatus,
                    run_id: str | None, retry_after: float | None = None) -> bool:
     """`retrying` now, a process_task message after the backoff delay."""
     s = ctx.settings
-    retry_number = int(record.get("attempts") or 0) - int(record.get("budget_from") or 0)
-    delay = compute_backoff(retry_number, base_s=s.backoff_base_s, max_s=s.backoff_max_s,
+    delay = compute_backoff(record.attempts - record.budget_from, base_s=s.backoff_base_s, max_s=s.backoff_max_s,
                             retry_after_s=retry_after, retry_after_max_s=s.retry_after_max_s)
     now = ctx.clock()
     done, _ = ctx.tasks.transition(
-        record["id"], to=S.RETRYING, allowed_from=[from_status], require=("run_id", run_id) if run_id else None,
-        events=[("task.retrying", {"attempt": record.get("attempts"), "delay_s": delay,
+        record.id, to=S.RETRYING, allowed_from=[from_status], run_id=run_id,
+        events=[("task.retrying", {"attempt": record.attempts, "delay_s": delay,
                                    "reason": error.get("code"), "error": error})],
         fields={"error": error, "worker_id": ""}, retry_at=now + delay, now=now,
     )
     if done:
         log.info("retry in %.2fs after %s: %s", delay, error.get("code"), error.get("message"),
-                 extra={"task_id": record["id"], "provider": error.get("provider")})
+                 extra={"task_id": record.id, "provider": error.get("provider")})
         try:
-            ctx.enqueue(record["id"], int(record["priority"]), delay)
+            ctx.enqueue(record.id, record.priority, delay)
         except Exception:  # noqa: BLE001 - the retry index lets the pending sweep recover it
-            log.exception("could not enqueue retry", extra={"task_id": record["id"]})
+            log.exception("could not enqueue retry", extra={"task_id": record.id})
     return done
 
 
-def handle_failure(ctx: Context, record: dict[str, Any], exc: AIIntegrationError, *, run_id: str | None,
-                   from_status: str = S.RUNNING) -> str:
+def handle_failure(ctx: Context, record: TaskRecord, exc: AIIntegrationError, *, run_id: str | None,
+                   from_status: TaskStatus = S.RUNNING) -> str:
     """Apply the error policy to a failed attempt; returns the new status (or '' if the
     task had already moved on, e.g. cancelled)."""
     error = exc.to_dict()
-    if exc.retryable and retries_left(record) > 0:
+    if exc.retryable and record.retries_left > 0:
         retry_after = exc.retry_after if isinstance(exc, TransientError) else None
         ok = schedule_retry(ctx, record, error, from_status=from_status, run_id=run_id, retry_after=retry_after)
         return S.RETRYING if ok else ""
@@ -88,18 +80,17 @@ def handle_failure(ctx: Context, record: dict[str, Any], exc: AIIntegrationError
                                           reason=reason) else ""
 
 
-def mark_timed_out(ctx: Context, record: dict[str, Any], *, run_id: str | None, exc: AIIntegrationError) -> str:
+def mark_timed_out(ctx: Context, record: TaskRecord, *, run_id: str | None, exc: AIIntegrationError) -> str:
     """running → timed_out (with its event), then retry if allowed, else the DLQ."""
     now = ctx.clock()
     done, _ = ctx.tasks.transition(
-        record["id"], to=S.TIMED_OUT, allowed_from=ALLOWED_FROM[S.TIMED_OUT],
-        require=("run_id", run_id) if run_id else None,
-        events=[("task.timed_out", {"attempt": record.get("attempts"), "deadline_at": iso(record.get("deadline_at"))})],
+        record.id, to=S.TIMED_OUT, run_id=run_id,
+        events=[("task.timed_out", {"attempt": record.attempts, "deadline_at": iso(record.deadline_at)})],
         fields={"error": exc.to_dict(), "worker_id": ""}, now=now,
     )
     if not done:
         return ""
-    if not (record.get("options") or {}).get("retry_on_timeout", True):
+    if not record.options.retry_on_timeout:
         return S.DEAD_LETTERED if dead_letter(ctx, record, exc.to_dict(), from_status=S.TIMED_OUT,
                                               reason="timed_out") else ""
     return handle_failure(ctx, record, exc, run_id=None, from_status=S.TIMED_OUT)

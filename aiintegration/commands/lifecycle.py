@@ -1,4 +1,4 @@
-"""CancelTask and RetryTask, plus the look-ups the API and CLI share."""
+"""CancelTask and RetryTask, and the look-ups the API, the tasks and the CLI share."""
 
 from __future__ import annotations
 
@@ -6,37 +6,49 @@ from typing import Any
 
 from aiintegration.commands.context import Context
 from aiintegration.commands.webhooks import notify_terminal
+from aiintegration.domain.limits import DEFAULT_PAGE, MAX_REASON, MAX_RETRY_DELAY_S
+from aiintegration.domain.records import TaskRecord
 from aiintegration.domain.states import CANCELLABLE, RETRYABLE_BY_HAND, TaskStatus
+from aiintegration.domain.submission import is_number
 from aiintegration.errors import Conflict, NotFound, ValidationError
 
 S = TaskStatus
-MAX_REASON = 1000
-MAX_DELAY_S = 3000.0  # below the broker visibility timeout, so a delayed message is not redelivered early
 
 
-def get_task(ctx: Context, task_id: str) -> dict[str, Any]:
+def get_task(ctx: Context, task_id: str) -> TaskRecord:
     record = ctx.tasks.get(task_id)
     if record is None:
         raise NotFound(f"no task {task_id}")
     return record
 
 
-def _reason(value: Any, field: str) -> str:
+def list_tasks(ctx: Context, *, status: str | None = None, requested_by: str | None = None,
+               limit: int = DEFAULT_PAGE, cursor: str | None = None) -> tuple[list[TaskRecord], str | None]:
+    """Newest first, filtered by status and/or requested_by; the cursor continues a listing."""
+    return ctx.tasks.list(status=status, requested_by=requested_by, limit=limit, cursor=cursor)
+
+
+def task_counts(ctx: Context) -> dict[str, int]:
+    return ctx.tasks.counts()
+
+
+def reason_text(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_REASON:
-        raise ValidationError(f"{field} is required", details={field: f"a non-empty string of at most {MAX_REASON} characters"})
+        raise ValidationError(f"{field} is required",
+                              details={field: f"a non-empty string of at most {MAX_REASON} characters"})
     return value.strip()
 
 
-def cancel_task(ctx: Context, task_id: str, cancellation_reason: Any) -> dict[str, Any]:
+def cancel_task(ctx: Context, task_id: str, cancellation_reason: Any) -> TaskRecord:
     """Queued or retrying: cancelled at once, its message dropped when pulled. Running: the
     status flips now and the worker abandons the call within one heartbeat (its result is
     discarded, so a cancelled task never becomes succeeded). Terminal: Conflict."""
-    reason = _reason(cancellation_reason, "cancellation_reason")
+    reason = reason_text(cancellation_reason, "cancellation_reason")
     record = get_task(ctx, task_id)
     now = ctx.clock()
     done, before = ctx.tasks.transition(
         task_id, to=S.CANCELLED, allowed_from=CANCELLABLE,
-        events=[("task.cancelled", {"reason": reason, "was": record["status"]})],
+        events=[("task.cancelled", {"reason": reason, "was": record.status})],
         fields={"finished_at": now, "cancel_reason": reason}, now=now,
     )
     if not done:
@@ -47,28 +59,28 @@ def cancel_task(ctx: Context, task_id: str, cancellation_reason: Any) -> dict[st
     return get_task(ctx, task_id)
 
 
-def retry_task(ctx: Context, task_id: str, retry_reason: Any, delay: Any = None) -> dict[str, Any]:
+def retry_task(ctx: Context, task_id: str, retry_reason: Any, delay: Any = None) -> TaskRecord:
     """Manually retry a dead-lettered (or timed-out, or waiting) task under its same id, with a
     fresh automatic-retry budget. `delay` (seconds) waits before it runs."""
-    reason = _reason(retry_reason, "retry_reason")
-    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= MAX_DELAY_S):
-        raise ValidationError("invalid delay", details={"delay": f"seconds from 0 to {MAX_DELAY_S:g}"})
+    reason = reason_text(retry_reason, "retry_reason")
+    if delay is not None and not (is_number(delay) and 0 <= delay <= MAX_RETRY_DELAY_S):
+        raise ValidationError("invalid delay", details={"delay": f"seconds from 0 to {MAX_RETRY_DELAY_S:g}"})
     record = get_task(ctx, task_id)
-    if record["status"] not in RETRYABLE_BY_HAND:
-        raise Conflict(f"task is {record['status']}; only {', '.join(sorted(RETRYABLE_BY_HAND))} tasks can be retried",
-                       details={"status": record["status"]})
+    if record.status not in RETRYABLE_BY_HAND:
+        raise Conflict(f"task is {record.status}; only {', '.join(sorted(RETRYABLE_BY_HAND))} tasks can be retried",
+                       details={"status": record.status})
     now = ctx.clock()
-    to = S.RETRYING if delay else S.QUEUED
+    wait = float(delay) if delay else None
     done, before = ctx.tasks.transition(
-        task_id, to=to, allowed_from=RETRYABLE_BY_HAND,
-        events=[("task.retrying", {"attempt": record["attempts"], "delay_s": float(delay or 0), "reason": reason,
+        task_id, to=S.RETRYING if wait else S.QUEUED, allowed_from=RETRYABLE_BY_HAND,
+        events=[("task.retrying", {"attempt": record.attempts, "delay_s": wait or 0.0, "reason": reason,
                                    "manual": True})],
-        fields={"budget_from": record["attempts"], "finished_at": None, "enqueued_at": now},
-        retry_at=now + float(delay) if delay else None, now=now,
+        fields={"budget_from": record.attempts, "finished_at": None, "enqueued_at": now},
+        retry_at=now + wait if wait else None, now=now,
     )
     if not done:
         raise Conflict(f"task is {before} and cannot be retried now", details={"status": before})
-    if record["status"] == S.DEAD_LETTERED:
-        ctx.tasks.dlq_mark(task_id, "requeued")
-    ctx.enqueue(task_id, int(record["priority"]), float(delay) if delay else None)
+    if record.status == S.DEAD_LETTERED:
+        ctx.dlq.leave(task_id, "requeued")
+    ctx.enqueue(task_id, record.priority, wait)
     return get_task(ctx, task_id)

@@ -1,34 +1,36 @@
-"""The one place that chooses a provider for an attempt.
+"""The one place that chooses a provider for an attempt: the rule (`domain/routing.py`)
+applied to the configs and order in Redis, with the SDK client of each provider built once.
 
-Configs and order come from Redis and are cached per process until the provider
-version changes (checked at most once a second), so the hot path costs no round trip.
+Configs and order are cached per process until the provider version changes (checked at
+most once a second), so the hot path costs no round trip.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
 
-from aiintegration.errors import NotFound, ProviderUnavailable, UnsupportedCapability
-from aiintegration.providers import build_provider
-from aiintegration.providers.base import Provider, ProviderConfig
+from aiintegration.domain.providers import ProviderConfig
+from aiintegration.domain.routing import Candidate, choose_provider
+from aiintegration.errors import NotFound
+from aiintegration.providers import build_provider, provider_class
+from aiintegration.providers.base import Provider
 from aiintegration.store.providers import ProviderStore
 
 REFRESH_S = 1.0
 
 
 class Router:
-    def __init__(self, store: ProviderStore, *, breaker_wait: Any = None):
+    def __init__(self, store: ProviderStore, *, blocked_for: Callable[[str], float] = lambda name: 0.0):
         self.store = store
-        # breaker_wait(name) -> seconds until its breaker lets a call through (0: now); the
-        # circuit breaker plugs in here.
-        self.breaker_wait = breaker_wait or (lambda name: 0.0)
+        self.blocked_for = blocked_for  # seconds until a provider's breaker lets a call through
         self._lock = threading.Lock()
         self._checked = 0.0
         self._version = ""
         self._order: list[str] = []
         self._configs: dict[str, ProviderConfig] = {}
+        self._candidates: dict[str, Candidate] = {}
         self._instances: dict[str, Provider] = {}
 
     def _refresh(self) -> None:
@@ -43,9 +45,12 @@ class Router:
                 # Rebuild only providers whose config changed, so SDK clients are reused.
                 self._instances = {n: p for n, p in self._instances.items() if configs.get(n) == p.config}
                 self._version, self._order, self._configs = version, order, configs
+                self._candidates = {name: Candidate(name, c.enabled, provider_class(c.kind).capabilities)
+                                    for name, c in configs.items()}
             self._checked = now
 
     def invalidate(self) -> None:
+        """Re-read configs and order at the next use (after this process changed them)."""
         self._checked = 0.0
 
     def provider(self, name: str) -> Provider:
@@ -72,29 +77,8 @@ class Router:
         return list(self._order)
 
     def choose(self, task_type: str, *, pinned: str | None = None) -> Provider:
-        """The provider for one attempt: the pinned one, or the first in the preference
-        order that is enabled, supports the task type and whose breaker is not open."""
+        """The provider for one attempt (the rule: `domain.routing.choose_provider`)."""
         self._refresh()
-        if pinned:
-            provider = self.provider(pinned)
-            if not provider.supports(task_type):
-                raise UnsupportedCapability(f"provider {pinned!r} cannot do {task_type}", provider=pinned)
-            if not provider.config.enabled:
-                raise ProviderUnavailable(f"provider {pinned!r} is disabled", provider=pinned)
-            wait = self.breaker_wait(pinned)
-            if wait > 0:  # the retry is due when the breaker lets a probe through, not before
-                raise ProviderUnavailable(f"provider {pinned!r} circuit breaker is open", provider=pinned,
-                                          retry_after=wait)
-            return provider
-        capable = [n for n in self._order if n in self._configs and self.provider(n).supports(task_type)]
-        if not capable:
-            raise UnsupportedCapability(f"no configured provider can do {task_type}")
-        waits = []
-        for name in capable:
-            if self._configs[name].enabled:
-                wait = self.breaker_wait(name)
-                if wait <= 0:
-                    return self.provider(name)
-                waits.append(wait)
-        raise ProviderUnavailable(f"every provider for {task_type} is disabled or has an open circuit breaker",
-                                  retry_after=min(waits) if waits else None)
+        name = choose_provider(task_type, order=self._order, candidates=self._candidates,
+                               blocked_for=self.blocked_for, pinned=pinned)
+        return self.provider(name)

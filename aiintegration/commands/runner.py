@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from aiintegration.store.tasks import TaskStore
 
@@ -102,26 +102,3 @@ class AttemptRunner:
             for attempt, answer in zip(attempts, answers, strict=True):
                 if answer != "ok":
                     attempt.stop("cancelled" if answer == "cancelled" else f"lost:{answer or 'gone'}")
-
-
-
-def start_liveness(ctx: Any, name: str, every_s: float = 5.0) -> threading.Thread:
-    """Record this worker process in `{p}:workers` (score = last seen) every few seconds,
-    for /readyz and the aii_workers_alive gauge."""
-    import os
-
-    key, member = f"{ctx.settings.key_prefix}:workers", f"{name}/{os.getpid()}"
-
-    def beat() -> None:
-        while True:
-            try:
-                now = time.time()
-                ctx.redis.zadd(key, {member: now})
-                ctx.redis.zremrangebyscore(key, "-inf", now - 3600)
-            except Exception:  # noqa: BLE001 - liveness must never kill the worker
-                log.warning("could not record worker liveness", exc_info=True)
-            time.sleep(every_s)
-
-    thread = threading.Thread(target=beat, name="aii-liveness", daemon=True)
-    thread.start()
-    return thread

@@ -17,16 +17,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from aiintegration.commands.context import Context
-from aiintegration.domain.records import public
-from aiintegration.errors import TransientError, ValidationError
+from aiintegration.domain.records import TaskRecord
+from aiintegration.errors import ValidationError, WebhookFailed
 
 TIMEOUT_S = 10.0
-
-
-class WebhookFailed(TransientError):
-    """The receiver did not accept the webhook; delivery is retried with backoff."""
-
-    code = "webhook_failed"
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -83,12 +77,13 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
     """HTTPS to `address`; the certificate is verified against the URL's host name (SNI)."""
 
     def __init__(self, host: str, port: int | None, address: str, timeout: float):
-        super().__init__(host, port, timeout=timeout, context=tls_context())
+        self._tls = tls_context()
+        super().__init__(host, port, timeout=timeout, context=self._tls)
         self._address = address
 
     def connect(self) -> None:
         sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
 
 
 def _post(url: str, addresses: list[str], body: bytes, headers: dict[str, str]) -> int:
@@ -113,8 +108,8 @@ def _post(url: str, addresses: list[str], body: bytes, headers: dict[str, str]) 
     raise WebhookFailed(f"webhook delivery failed: {type(error).__name__}") from error
 
 
-def payload(record: dict[str, Any]) -> dict[str, Any]:
-    return {"event": f"task.{record['status']}", "task": public(record)}
+def payload(record: TaskRecord) -> dict[str, Any]:
+    return {"event": f"task.{record.status}", "task": record.public()}
 
 
 def deliver(ctx: Context, task_id: str) -> dict[str, Any]:
@@ -122,14 +117,14 @@ def deliver(ctx: Context, task_id: str) -> dict[str, Any]:
     record = ctx.tasks.get(task_id)
     if record is None:
         return {"delivered": False, "why": "task expired"}
-    url = (record.get("options") or {}).get("callback_url")
+    url = record.options.callback_url
     if not url:
         return {"delivered": False, "why": "no callback_url"}
     addresses = check_target(url, allow_private=ctx.settings.webhook_allow_private)
     body = json.dumps(payload(record), separators=(",", ":")).encode()
     stamp = str(int(time.time()))
     headers = {"Content-Type": "application/json", "User-Agent": "aiintegration-webhook/1",
-               "X-AII-Timestamp": stamp, "X-AII-Event": f"task.{record['status']}", "X-AII-Task-Id": task_id}
+               "X-AII-Timestamp": stamp, "X-AII-Event": f"task.{record.status}", "X-AII-Task-Id": task_id}
     if ctx.settings.webhook_secret:
         headers["X-AII-Signature"] = sign(ctx.settings.webhook_secret, stamp, body)
     status = _post(url, addresses, body, headers)
@@ -138,7 +133,7 @@ def deliver(ctx: Context, task_id: str) -> dict[str, Any]:
     return {"delivered": True, "status": status}
 
 
-def notify_terminal(ctx: Context, record: dict[str, Any]) -> None:
+def notify_terminal(ctx: Context, record: TaskRecord) -> None:
     """Called after a task reached a terminal state: queue the webhook if one was asked for."""
-    if (record.get("options") or {}).get("callback_url"):
-        ctx.dispatch("aiintegration.deliver_webhook", {"task_id": record["id"]})
+    if record.options.callback_url:
+        ctx.publisher.dispatch("aiintegration.deliver_webhook", {"task_id": record.id})

@@ -25,4 +25,4 @@ def compute_backoff(
     delay = ceiling * rand()
     if retry_after_s is not None and retry_after_s > 0:
         delay = max(delay, min(retry_after_s, retry_after_max_s))
-    return round(delay, 3)
+    return float(round(delay, 3))

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from aiintegration.domain.limits import (
+    CHAT_ROLES,
+    MAX_CONTENT_BYTES,
+    MAX_METADATA_BYTES,
+    MAX_NAME,
+    MAX_RETRIES,
+    MAX_TIMEOUT_S,
+    MAX_TOKENS,
+    MAX_URL,
+    MIN_TIMEOUT_S,
+    TASK_TYPES,
+)
+from aiintegration.domain.records import TaskOptions
+from aiintegration.domain.states import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from aiintegration.errors import PayloadTooLarge, ValidationError
 
-TASK_TYPES = ("text_generation", "image_generation", "chat_completion")
-CHAT_ROLES = ("system", "user", "assistant")
-MAX_CONTENT_BYTES = 256 * 1024
-MAX_METADATA_BYTES = 16 * 1024
-MAX_REQUESTED_BY = 200
-MAX_IDEMPOTENCY_KEY = 200
-OPTION_KEYS = {"provider", "timeout_s", "max_retries", "retry_on_timeout", "stream", "callback_url"}
+OPTION_KEYS = frozenset(f.name for f in fields(TaskOptions))
 
 
 @dataclass(frozen=True)
@@ -24,26 +32,23 @@ class Submission:
     task_type: str
     request_content: dict[str, Any]
     requested_by: str
-    priority: int = 5
+    priority: int = DEFAULT_PRIORITY
     metadata: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
+    options: TaskOptions = TaskOptions()
     idempotency_key: str | None = None
 
-    @property
-    def timeout_s(self) -> float:
-        return float(self.options["timeout_s"])
 
-    @property
-    def max_retries(self) -> int:
-        return int(self.options["max_retries"])
-
-
-def _size(value: Any) -> int:
+def json_size(value: Any) -> int:
+    """Bytes of `value` serialized as it is stored."""
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _check_content(task_type: str, content: Any, errors: dict[str, str]) -> None:
@@ -66,8 +71,8 @@ def _check_content(task_type: str, content: Any, errors: dict[str, str]) -> None
         errors["request_content.system"] = "must be a string"
     if "model" in content and not isinstance(content["model"], str):
         errors["request_content.model"] = "must be a string"
-    if "max_tokens" in content and not (_is_int(content["max_tokens"]) and 1 <= content["max_tokens"] <= 200_000):
-        errors["request_content.max_tokens"] = "must be an integer from 1 to 200000"
+    if "max_tokens" in content and not (is_int(content["max_tokens"]) and 1 <= content["max_tokens"] <= MAX_TOKENS):
+        errors["request_content.max_tokens"] = f"must be an integer from 1 to {MAX_TOKENS}"
     if task_type == "image_generation" and "size" in content:
         size = content["size"]
         if not (isinstance(size, str) and len(size.split("x")) == 2 and all(p.isdigit() for p in size.split("x"))):
@@ -75,32 +80,31 @@ def _check_content(task_type: str, content: Any, errors: dict[str, str]) -> None
 
 
 def _check_options(options: Any, *, default_timeout_s: float, max_timeout_s: float, default_max_retries: int,
-                   errors: dict[str, str]) -> dict[str, Any]:
+                   errors: dict[str, str]) -> TaskOptions:
     if not isinstance(options, dict):
         errors["options"] = "must be a JSON object"
-        return {}
+        return TaskOptions()
     unknown = sorted(set(options) - OPTION_KEYS)
     if unknown:
         errors["options"] = f"unknown option(s): {', '.join(unknown)}"
-    out: dict[str, Any] = {
-        "provider": None, "timeout_s": default_timeout_s, "max_retries": default_max_retries,
-        "retry_on_timeout": True, "stream": False, "callback_url": None,
-    }
-    out.update({k: v for k, v in options.items() if k in OPTION_KEYS and v is not None})
+    given = {k: v for k, v in options.items() if k in OPTION_KEYS and v is not None}
+    out: dict[str, Any] = {**TaskOptions(timeout_s=default_timeout_s, max_retries=default_max_retries).to_dict(),
+                           **given}
     if out["provider"] is not None and not (isinstance(out["provider"], str) and out["provider"]):
         errors["options.provider"] = "must be a provider name"
-    timeout = out["timeout_s"]
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 1 <= timeout <= max_timeout_s:
-        errors["options.timeout_s"] = f"must be a number of seconds from 1 to {max_timeout_s:g}"
-    if not (_is_int(out["max_retries"]) and 0 <= out["max_retries"] <= 10):
-        errors["options.max_retries"] = "must be an integer from 0 to 10"
+    if not (is_number(out["timeout_s"]) and MIN_TIMEOUT_S <= out["timeout_s"] <= max_timeout_s):
+        errors["options.timeout_s"] = f"must be a number of seconds from {MIN_TIMEOUT_S:g} to {max_timeout_s:g}"
+    if not (is_int(out["max_retries"]) and 0 <= out["max_retries"] <= MAX_RETRIES):
+        errors["options.max_retries"] = f"must be an integer from 0 to {MAX_RETRIES}"
     for flag in ("retry_on_timeout", "stream"):
         if not isinstance(out[flag], bool):
             errors[f"options.{flag}"] = "must be true or false"
     url = out["callback_url"]
-    if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://")) and len(url) <= 2048):
+    if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://")) and len(url) <= MAX_URL):
         errors["options.callback_url"] = "must be an http(s) URL"
-    return out
+    if any(key.startswith("options") for key in errors):
+        return TaskOptions()
+    return TaskOptions(**{**out, "timeout_s": float(out["timeout_s"])})
 
 
 def validate_submission(
@@ -108,12 +112,12 @@ def validate_submission(
     task_type: Any,
     request_content: Any,
     requested_by: Any,
-    priority: Any = 5,
+    priority: Any = DEFAULT_PRIORITY,
     metadata: Any = None,
     options: Any = None,
     idempotency_key: Any = None,
     default_timeout_s: float = 300.0,
-    max_timeout_s: float = 3600.0,
+    max_timeout_s: float = MAX_TIMEOUT_S,
     default_max_retries: int = 3,
 ) -> Submission:
     """Check every field, collect all problems, and raise once with all of them."""
@@ -124,27 +128,25 @@ def validate_submission(
         _check_content(task_type, request_content, errors)
     if request_content is None:
         errors["request_content"] = "is required"
-    if not isinstance(requested_by, str) or not requested_by.strip() or len(requested_by) > MAX_REQUESTED_BY:
-        errors["requested_by"] = f"must be a non-empty string of at most {MAX_REQUESTED_BY} characters"
+    if not isinstance(requested_by, str) or not requested_by.strip() or len(requested_by) > MAX_NAME:
+        errors["requested_by"] = f"must be a non-empty string of at most {MAX_NAME} characters"
     if priority is None:
-        priority = 5
-    if not (_is_int(priority) and 0 <= priority <= 9):
-        errors["priority"] = "must be an integer from 0 (least urgent) to 9 (most urgent)"
+        priority = DEFAULT_PRIORITY
+    if not (is_int(priority) and MIN_PRIORITY <= priority <= MAX_PRIORITY):
+        errors["priority"] = f"must be an integer from {MIN_PRIORITY} (least urgent) to {MAX_PRIORITY} (most urgent)"
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         errors["metadata"] = "must be a JSON object"
-    if idempotency_key is not None and not (
-        isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
-    ):
-        errors["idempotency_key"] = f"must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters"
+    if idempotency_key is not None and not (isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= MAX_NAME):
+        errors["idempotency_key"] = f"must be a string of 1 to {MAX_NAME} characters"
     opts = _check_options({} if options is None else options, default_timeout_s=default_timeout_s,
                           max_timeout_s=max_timeout_s, default_max_retries=default_max_retries, errors=errors)
     if errors:
         raise ValidationError("the task request is invalid", details=errors)
-    if _size(request_content) > MAX_CONTENT_BYTES:
+    if json_size(request_content) > MAX_CONTENT_BYTES:
         raise PayloadTooLarge(f"request_content is over {MAX_CONTENT_BYTES // 1024} KiB serialized",
                               details={"request_content": "too large"})
-    if _size(metadata) > MAX_METADATA_BYTES:
+    if json_size(metadata) > MAX_METADATA_BYTES:
         raise PayloadTooLarge(f"metadata is over {MAX_METADATA_BYTES // 1024} KiB serialized",
                               details={"metadata": "too large"})
     return Submission(task_type, request_content, requested_by.strip(), priority, metadata, opts, idempotency_key)

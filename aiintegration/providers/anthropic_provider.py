@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import anthropic
 
 from aiintegration import errors
+from aiintegration.domain.providers import ProviderConfig
 from aiintegration.providers.base import (
     Generation,
     GenerationRequest,
     Provider,
-    ProviderConfig,
     ShouldStop,
     Usage,
     connection_failure,
     error_for_status,
     parse_retry_after,
+    sdk_errors,
 )
 
 log = logging.getLogger(__name__)
@@ -54,12 +56,11 @@ def _translate(exc: Exception, provider: str) -> errors.AIIntegrationError:
         return errors.ProviderUnavailable(connection_failure(exc), provider=provider)
     if isinstance(exc, anthropic.APIStatusError):
         body = exc.body if isinstance(exc.body, dict) else {}
-        detail = body.get("error") if isinstance(body.get("error"), dict) else {}
+        found = body.get("error")
+        detail: dict[str, Any] = found if isinstance(found, dict) else {}
         message = str(detail.get("message") or exc.message)
         retry_after = parse_retry_after(exc.response.headers if exc.response is not None else None)
-        result = error_for_status(exc.status_code, message, provider=provider, retry_after=retry_after)
-        assert isinstance(result, errors.AIIntegrationError)
-        return result
+        return error_for_status(exc.status_code, message, provider=provider, retry_after=retry_after)
     if isinstance(exc, anthropic.AnthropicError | ValueError):
         return errors.ProviderUnavailable(f"provider error: {type(exc).__name__}", provider=provider)
     raise exc
@@ -76,6 +77,9 @@ class AnthropicProvider(Provider):
         self.client = anthropic.Anthropic(api_key=config.api_key or "not-configured", base_url=config.base_url,
                                           max_retries=0, timeout=config.timeout_s)
 
+    def _sdk_errors(self) -> AbstractContextManager[None]:
+        return sdk_errors(lambda exc: _translate(exc, self.name))
+
     def _params(self, request: GenerationRequest) -> dict[str, Any]:
         if request.task_type not in self.capabilities:
             raise errors.UnsupportedCapability(f"anthropic cannot do {request.task_type}", provider=self.name)
@@ -89,11 +93,9 @@ class AnthropicProvider(Provider):
 
     def generate(self, request: GenerationRequest) -> Generation:
         params = self._params(request)
-        try:
+        with self._sdk_errors():
             reply = self.client.with_options(timeout=min(request.timeout_s, self.config.timeout_s)).messages.create(
                 **params)
-        except Exception as exc:  # noqa: BLE001 - translated at this boundary
-            raise _translate(exc, self.name) from None
         text = "".join(getattr(block, "text", "") for block in reply.content or [])
         if reply.stop_reason == "refusal":
             raise errors.ContentRejected("the provider refused the request", provider=self.name)
@@ -104,15 +106,12 @@ class AnthropicProvider(Provider):
     def stream(self, request: GenerationRequest, should_stop: ShouldStop) -> Iterator[str | Generation]:
         params = self._params(request)
         client = self.client.with_options(timeout=min(request.timeout_s, self.config.timeout_s))
-        try:
-            with client.messages.stream(**params) as stream:
-                for text in stream.text_stream:
-                    if should_stop():
-                        return
-                    yield text
-                final = stream.get_final_message()
-        except Exception as exc:  # noqa: BLE001 - translated at this boundary
-            raise _translate(exc, self.name) from None
+        with self._sdk_errors(), client.messages.stream(**params) as stream:
+            for text in stream.text_stream:
+                if should_stop():
+                    return
+                yield text
+            final = stream.get_final_message()
         yield Generation(self.name, final.model or params["model"],
                          text="".join(getattr(b, "text", "") for b in final.content or []),
                          usage=Usage(final.usage.input_tokens, final.usage.output_tokens),

@@ -6,42 +6,19 @@ ending in a `Generation`) and raises only the error tree of `aiintegration.error
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
-TASK_TYPES = ("text_generation", "image_generation", "chat_completion")
+from aiintegration import errors
+from aiintegration.domain.limits import TASK_TYPES
+from aiintegration.domain.providers import ProviderConfig
 
 ShouldStop = Callable[[], bool]
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderConfig:
-    """What a provider needs to talk to its endpoint. `api_key` is write-only: see `public()`."""
-
-    name: str
-    kind: str  # "openai" | "anthropic" | "openai_compatible" | "local"
-    api_key: str | None = None
-    base_url: str | None = None
-    models: Mapping[str, str] = field(default_factory=dict)
-    timeout_s: float = 120.0
-    enabled: bool = True
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def with_changes(self, **changes: Any) -> ProviderConfig:
-        return replace(self, **changes)
-
-    def public(self) -> dict[str, Any]:
-        """The config as callers may see it: the key reduced to `sk-…abcd`."""
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "enabled": self.enabled,
-            "models": dict(self.models),
-            "base_url": self.base_url,
-            "api_key": redact_key(self.api_key),
-            "timeout_s": self.timeout_s,
-        }
+Translate = Callable[[Exception], errors.AIIntegrationError]
 
 
 def connection_failure(exc: BaseException) -> str:
@@ -52,13 +29,16 @@ def connection_failure(exc: BaseException) -> str:
     return f"could not connect to the provider ({type(cause).__name__}{': ' + text if text else ''})"
 
 
-def redact_key(key: str | None) -> str | None:
-    """`sk-proj-abcdef…wxyz` → `sk-…wxyz`; short keys show nothing of themselves."""
-    if not key:
-        return None
-    prefix = key.split("-", 1)[0] + "-" if "-" in key[:8] else ""
-    tail = key[-4:] if len(key) >= 16 else ""
-    return f"{prefix}…{tail}"
+@contextmanager
+def sdk_errors(translate: Translate) -> Iterator[None]:
+    """The boundary where an adapter's SDK exceptions become the error tree (httpx's
+    `map_httpcore_exceptions()` is the model): every SDK call of an adapter runs inside it."""
+    try:
+        yield
+    except errors.AIIntegrationError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - translated, or re-raised when it is not the SDK's
+        raise translate(exc) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,20 +153,15 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        import time as _time
-        from email.utils import parsedate_to_datetime
-
         try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - _time.time())
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             return None
 
 
 def error_for_status(status: int, message: str, *, provider: str, retry_after: float | None = None,
-                     code: str | None = None) -> Exception:
+                     code: str | None = None) -> errors.AIIntegrationError:
     """An HTTP status from a provider → our error tree (the adapters' shared rule)."""
-    from aiintegration import errors
-
     if code in ("content_policy_violation", "content_filter") or "content policy" in message.lower():
         return errors.ContentRejected(message, provider=provider)
     if status == 429:

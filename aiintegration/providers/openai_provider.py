@@ -3,28 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import openai
 
 from aiintegration import errors
+from aiintegration.domain.providers import ProviderConfig
 from aiintegration.providers.base import (
     Generation,
     GenerationRequest,
     Provider,
-    ProviderConfig,
     ShouldStop,
     Usage,
     connection_failure,
     error_for_status,
     parse_retry_after,
+    sdk_errors,
 )
 
 
 def _translate(exc: Exception, provider: str) -> errors.AIIntegrationError:
     """The one place SDK exceptions become ours. SDK messages carry no API key."""
-    if isinstance(exc, errors.AIIntegrationError):
-        return exc
     if isinstance(exc, openai.APITimeoutError):
         return errors.ProviderTimeout("the provider did not answer in time", provider=provider)
     if isinstance(exc, openai.APIConnectionError):
@@ -34,9 +34,7 @@ def _translate(exc: Exception, provider: str) -> errors.AIIntegrationError:
         code = body.get("code") if isinstance(body.get("code"), str) else None
         message = str(body.get("message") or exc.message)
         retry_after = parse_retry_after(exc.response.headers if exc.response is not None else None)
-        result = error_for_status(exc.status_code, message, provider=provider, retry_after=retry_after, code=code)
-        assert isinstance(result, errors.AIIntegrationError)
-        return result
+        return error_for_status(exc.status_code, message, provider=provider, retry_after=retry_after, code=code)
     if isinstance(exc, openai.APIResponseValidationError | ValueError):
         return errors.ProviderUnavailable("the provider sent a malformed answer", provider=provider)
     if isinstance(exc, openai.OpenAIError):
@@ -78,14 +76,17 @@ class OpenAIProvider(Provider):
         self.client = openai.OpenAI(api_key=config.api_key or "not-configured", base_url=config.base_url,
                                     max_retries=0, timeout=config.timeout_s)
 
-    def _messages(self, request: GenerationRequest) -> list[dict[str, str]]:
+    def _sdk_errors(self) -> AbstractContextManager[None]:
+        return sdk_errors(lambda exc: _translate(exc, self.name))
+
+    def _messages(self, request: GenerationRequest) -> list[Any]:  # the SDK's message TypedDicts
         system, messages = request.system_and_messages()
         return ([{"role": "system", "content": system}] if system else []) + messages
 
     def generate(self, request: GenerationRequest) -> Generation:
         client = self.client.with_options(timeout=min(request.timeout_s, self.config.timeout_s))
         model = self.model_for(request)
-        try:
+        with self._sdk_errors():
             if request.task_type == "image_generation":
                 image = client.images.generate(model=model, prompt=str(request.content["prompt"]), n=1,
                                                size=request.content.get("size", "1024x1024"),
@@ -95,8 +96,6 @@ class OpenAIProvider(Provider):
                     {"b64_png": d.b64_json} if d.b64_json else {"url": d.url or ""} for d in data))
             reply = client.chat.completions.create(model=model, messages=self._messages(request),
                                                    max_tokens=request.max_tokens)
-        except Exception as exc:  # noqa: BLE001 - translated at this boundary
-            raise _translate(exc, self.name) from None
         try:
             choice = reply.choices[0]
         except (IndexError, TypeError, AttributeError):
@@ -122,7 +121,7 @@ class OpenAIProvider(Provider):
                 "stream": True, "stream_options": {"include_usage": True}}
         parts: list[str] = []
         usage, finish, served_model = Usage(), None, model
-        try:
+        with self._sdk_errors():
             stream = client.post("/chat/completions", body=body, cast_to=object, stream=True,
                                  stream_cls=openai.Stream[object])
             with stream:
@@ -134,17 +133,13 @@ class OpenAIProvider(Provider):
                     for text in texts:
                         parts.append(text)
                         yield text
-        except Exception as exc:  # noqa: BLE001 - translated at this boundary
-            raise _translate(exc, self.name) from None
         if finish is None:
             raise errors.ProviderUnavailable("the stream ended without a finish reason", provider=self.name)
         yield Generation(self.name, served_model, text="".join(parts), usage=usage, finish_reason=finish)
 
     def check(self) -> None:
-        try:
+        with self._sdk_errors():
             self.client.with_options(timeout=10).models.list()
-        except Exception as exc:  # noqa: BLE001 - translated at this boundary
-            raise _translate(exc, self.name) from None
 
 
 class OpenAICompatibleProvider(OpenAIProvider):

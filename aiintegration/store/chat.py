@@ -1,91 +1,126 @@
-"""Chat sessions in Redis: `{p}:chat:{id}` (hash), its history `{p}:chat:{id}:messages`
-(list of JSON messages) and its event stream `{p}:events:chat:{id}`."""
+"""Chat sessions in Redis: the session hash (`Keys.chat`), its history (a list of JSON
+messages, `Keys.chat_messages`) and its event stream (`Keys.chat_stream`)."""
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from types import TracebackType
+from typing import Any, cast
 
 import redis
 
 from aiintegration.domain.records import dumps, iso
 from aiintegration.store import streams
-from aiintegration.store.tasks import stream_after
+from aiintegration.store.keys import Keys
+from aiintegration.store.streams import Rows, stream_after
 
 JSON_FIELDS = ("context", "stats")
+Session = dict[str, Any]
 
-# KEYS: session, stream. ARGV: now, iso, close_reason, retention, maxlen, event data
+# KEYS: session, stream, history. ARGV: now, iso, close_reason, retention, maxlen, event data
 CLOSE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return redis.call('HGET', KEYS[1], 'status') or '' end
 redis.call('HSET', KEYS[1], 'status', 'closed', 'closed_at', ARGV[1], 'close_reason', ARGV[3])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'type', 'chat.session_closed', 'data', ARGV[6])
-for _, key in ipairs({KEYS[1], KEYS[2], KEYS[1] .. ':messages'}) do redis.call('EXPIRE', key, ARGV[4]) end
+for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[4]) end
 return 'ok'
 """
 
 
 class ChatStore:
-    def __init__(self, client: redis.Redis, *, prefix: str = "aii", retention_s: int = 604800,
-                 stream_maxlen: int = 10000):
-        self.r, self.p, self.retention_s, self.maxlen = client, prefix, retention_s, stream_maxlen
+    def __init__(self, client: redis.Redis, *, keys: Keys, retention_s: int = 604800, stream_maxlen: int = 10000):
+        self.r, self.keys, self.retention_s, self.maxlen = client, keys, retention_s, stream_maxlen
         self._close = client.register_script(CLOSE)
-
-    def key(self, session_id: str) -> str:
-        return f"{self.p}:chat:{session_id}"
-
-    def stream_key(self, session_id: str) -> str:
-        return f"{self.p}:events:chat:{session_id}"
-
-    def final_events(self, session_id: str, after: str) -> list[tuple[str, dict[str, str]]] | None:
-        """None while the session is open; once closed, its events after stream id `after`."""
-        if self.r.hget(self.key(session_id), "status") != "closed":
-            return None
-        return stream_after(self.r, self.stream_key(session_id), after)
 
     def event_data(self, event: str, session_id: str, **fields: Any) -> str:
         return dumps({"type": event, "at": iso(time.time()), "session_id": session_id, **fields})
 
-    def create(self, session: dict[str, Any]) -> None:
+    def create(self, session: Session) -> None:
         sid = session["id"]
         pipe = self.r.pipeline()
-        pipe.hset(self.key(sid), mapping={k: dumps(v) if k in JSON_FIELDS else v for k, v in session.items()})
-        pipe.xadd(self.stream_key(sid), {"type": "chat.session_started", "data": self.event_data(
+        pipe.hset(self.keys.chat(sid), mapping={k: dumps(v) if k in JSON_FIELDS else v for k, v in session.items()})
+        pipe.xadd(self.keys.chat_stream(sid), {"type": "chat.session_started", "data": self.event_data(
             "chat.session_started", sid, user_id=session["user_id"], item_id=session["item_id"])},
             maxlen=self.maxlen, approximate=True)
         pipe.execute()
 
-    def get(self, session_id: str) -> dict[str, Any] | None:
-        raw = self.r.hgetall(self.key(session_id))
+    def get(self, session_id: str) -> Session | None:
+        raw = cast(dict[str, str], self.r.hgetall(self.keys.chat(session_id)))
         if not raw:
             return None
-        out: dict[str, Any] = {k: json.loads(v) if k in JSON_FIELDS else v for k, v in raw.items()}
+        out: Session = {k: json.loads(v) if k in JSON_FIELDS else v for k, v in raw.items()}
         for k in ("created_at", "closed_at"):
             out[k] = float(out[k]) if out.get(k) else None
         return out
 
     def update(self, session_id: str, **fields: Any) -> None:
-        self.r.hset(self.key(session_id), mapping={k: dumps(v) if k in JSON_FIELDS else ("" if v is None else v)
-                                                   for k, v in fields.items()})
+        self.r.hset(self.keys.chat(session_id), mapping={
+            k: dumps(v) if k in JSON_FIELDS else ("" if v is None else v) for k, v in fields.items()})
 
     def append_message(self, session_id: str, message: dict[str, Any]) -> None:
-        self.r.rpush(f"{self.key(session_id)}:messages", dumps(message))
+        self.r.rpush(self.keys.chat_messages(session_id), dumps(message))
 
     def history(self, session_id: str) -> list[dict[str, Any]]:
-        return [json.loads(m) for m in self.r.lrange(f"{self.key(session_id)}:messages", 0, -1)]
+        return [json.loads(m) for m in cast(list[str], self.r.lrange(self.keys.chat_messages(session_id), 0, -1))]
+
+    def record_answer(self, session_id: str, message: dict[str, Any], *, tokens_in: int, tokens_out: int) -> None:
+        """The assistant's answer joins the history; the session's stats count the turn."""
+        key = self.keys.chat(session_id)
+        pipe = self.r.pipeline()
+        pipe.rpush(self.keys.chat_messages(session_id), dumps(message))
+        pipe.hincrby(key, "messages", 2)
+        pipe.hincrby(key, "tokens_in", tokens_in)
+        pipe.hincrby(key, "tokens_out", tokens_out)
+        pipe.hset(key, "inflight_task", "")
+        pipe.execute()
 
     def emit(self, session_id: str, event: str, **fields: Any) -> str:
-        return str(self.r.xadd(self.stream_key(session_id), {"type": event, "data": self.event_data(
+        return str(self.r.xadd(self.keys.chat_stream(session_id), {"type": event, "data": self.event_data(
             event, session_id, **fields)}, maxlen=self.maxlen, approximate=True))
 
-    def emit_on(self, conn: Any, session_id: str, event: str, **fields: Any) -> str:
-        """`emit` on a connection the caller holds for a whole answer (store/streams.py: ~0.1 ms
-        less CPU per chunk of a streamed answer)."""
-        return str(streams.command(conn, "XADD", self.stream_key(session_id), "MAXLEN", "~", self.maxlen, "*",
-                                   "type", event, "data", self.event_data(event, session_id, **fields)))
+    def answer_writer(self, session_id: str) -> AnswerWriter:
+        return AnswerWriter(self, session_id)
+
+    def reader(self, session_id: str) -> streams.StreamReader:
+        return streams.StreamReader(self.r, self.keys.chat_stream(session_id))
+
+    def final_events(self, session_id: str, after: str) -> Rows | None:
+        """None while the session is open; once closed, its events after stream id `after`."""
+        if self.r.hget(self.keys.chat(session_id), "status") != "closed":
+            return None
+        return stream_after(self.r, self.keys.chat_stream(session_id), after)
 
     def close(self, session_id: str, reason: str, stats: dict[str, Any]) -> str:
         now = time.time()
         data = self.event_data("chat.session_closed", session_id, reason=reason, stats=stats)
-        return str(self._close(keys=[self.key(session_id), self.stream_key(session_id)],
-                               args=[now, iso(now), reason, self.retention_s, self.maxlen, data]))
+        keys = [self.keys.chat(session_id), self.keys.chat_stream(session_id), self.keys.chat_messages(session_id)]
+        return str(self._close(keys=keys, args=[now, iso(now) or "", reason, self.retention_s, self.maxlen, data]))
+
+
+class AnswerWriter:
+    """A streamed answer's events on one connection held for the whole answer, taken at the
+    first event and given back on close (store/streams.py: ~0.1 ms less CPU per chunk)."""
+
+    def __init__(self, store: ChatStore, session_id: str):
+        self.store, self.session_id = store, session_id
+        self._conn: Any = None
+
+    def emit(self, event: str, **fields: Any) -> str:
+        if self._conn is None:
+            self._conn = self.store.r.connection_pool.get_connection()
+        store = self.store
+        return str(streams.command(self._conn, "XADD", store.keys.chat_stream(self.session_id), "MAXLEN", "~",
+                                   store.maxlen, "*", "type", event,
+                                   "data", store.event_data(event, self.session_id, **fields)))
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self.store.r.connection_pool.release(conn)
+
+    def __enter__(self) -> AnswerWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

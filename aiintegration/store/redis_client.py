@@ -50,7 +50,9 @@ def _from_sentinel_url(url: str) -> redis.Redis:
         for pair in parsed.query.split("&"):
             if pair.startswith("master_name="):
                 master = pair.split("=", 1)[1]
-    return Sentinel(hosts, socket_timeout=5).master_for(master, db=db, decode_responses=True)
+    sentinel = Sentinel(hosts, socket_timeout=5)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    client: redis.Redis = sentinel.master_for(master, db=db, decode_responses=True)  # type: ignore[no-untyped-call]
+    return client
 
 
 def get_redis(url: str, *, max_connections: int = 1000, pool_timeout_s: float = 5.0) -> redis.Redis:

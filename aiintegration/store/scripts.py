@@ -90,8 +90,8 @@ return out
 
 # KEYS: task, task stream, global stream
 # ARGV: prefix, from (comma list), to, require field, require value, now, ttl (>0 expire,
-#       -1 persist, 0 leave), n events, metrics ('field=by;~histogram|labels=value;…'),
-#       tmax, gmax, retry_at, dlq entry,
+#       -1 persist, 0 leave), n events, metrics (store/metrics.py encodes them), tmax, gmax,
+#       retry_at, dlq entry, terminal ('1' when `to` is terminal: counted as finished),
 #       then n (type, data) pairs, then field, value, ...
 # Returns {1, old status} or {0, current status ('' when the task does not exist)}.
 TRANSITION = _EMIT + """
@@ -105,7 +105,7 @@ if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], ARGV[4]) ~= ARGV[5] then return
 local id = redis.call('HGET', KEYS[1], 'id')
 local nev = tonumber(ARGV[8])
 local fields = {'status', to, 'updated_at', now}
-for i = 14 + 2 * nev, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 15 + 2 * nev, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 if to ~= 'running' then
   redis.call('ZREM', p .. ':idx:deadline', id)
@@ -131,7 +131,7 @@ elseif ttl < 0 then
 end
 move_status(p, id, st, to, redis.call('HGET', KEYS[1], 'created_at'))
 local ttype = redis.call('HGET', KEYS[1], 'task_type')
-if to == 'succeeded' or to == 'cancelled' or to == 'dead_lettered' then
+if ARGV[14] == '1' then
   local prov = redis.call('HGET', KEYS[1], 'provider') or ''
   count(p, 'aii_tasks_finished_total|status=' .. to .. ',task_type=' .. ttype .. ',provider=' .. prov)
   observe(p, 'aii_task_duration_seconds', 'status=' .. to .. ',task_type=' .. ttype,
@@ -150,7 +150,7 @@ for pair in string.gmatch(ARGV[9], '[^;]+') do
     count(p, field, tonumber(by))
   end
 end
-for i = 0, nev - 1 do emit(KEYS[2], KEYS[3], ARGV[10], ARGV[11], ARGV[14 + 2 * i], ARGV[15 + 2 * i]) end
+for i = 0, nev - 1 do emit(KEYS[2], KEYS[3], ARGV[10], ARGV[11], ARGV[15 + 2 * i], ARGV[16 + 2 * i]) end
 return {1, st}
 """
 

@@ -1,15 +1,29 @@
-"""Stream commands on a connection one caller holds for a long run of them (an SSE feed's
-reads, a streamed answer's deltas), sent and read directly: redis-py's per-command layers
-(pool checkout with its readiness poll, retry wrapper, metrics hooks, reply callbacks) were
-most of the CPU per event with 50 busy streams (bench/RESULTS.md)."""
+"""Redis Streams: reading a task's or session's events, and the commands of a caller that
+holds one connection for a long run of them (an SSE feed's reads, a streamed answer's
+deltas), sent and read directly: redis-py's per-command layers (pool checkout with its
+readiness poll, retry wrapper, metrics hooks, reply callbacks) were most of the CPU per
+event with 50 busy streams (bench/RESULTS.md)."""
 
 from __future__ import annotations
 
-from typing import Any
+from types import TracebackType
+from typing import Any, cast
 
 import redis
 
 Rows = list[tuple[str, dict[str, str]]]
+
+
+def stream_id_key(value: str) -> tuple[int, int]:
+    """A stream id (`<ms>-<seq>`) as a sortable pair."""
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def stream_after(client: redis.Redis, key: str, after: str) -> Rows:
+    """Every entry of stream `key` after id `after` ("0-0": all of them)."""
+    rows = cast(list[tuple[str, dict[str, str]]], client.xrange(key, f"({after}" if after != "0-0" else "-", "+"))
+    return [(entry_id, dict(fields)) for entry_id, fields in rows]
 
 
 def command(conn: Any, *args: Any) -> Any:
@@ -35,3 +49,41 @@ def entries(reply: Any, key: str) -> Rows:
 def read_after(conn: Any, key: str, after: str, block_ms: int, count: int = 200) -> Rows:
     """Entries of stream `key` after id `after`, waiting up to `block_ms` for the first."""
     return entries(command(conn, "XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", key, after), key)
+
+
+class StreamReader:
+    """One stream followed on a pooled connection of its own for as long as the reader is
+    open (`with reader:`): an SSE feed holds exactly one, returned when it ends."""
+
+    def __init__(self, client: redis.Redis, key: str):
+        self.pool = client.connection_pool
+        self.key = key
+        self._conn: Any = None
+        self._broken = False
+
+    def __enter__(self) -> StreamReader:
+        self._conn = self.pool.get_connection()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self.pool.release(conn)
+
+    def read(self, after: str, block_ms: int) -> Rows | None:
+        """Entries after `after`, waiting up to `block_ms` for the first ([] when none came).
+        Rides over one dropped connection (the next read reconnects); None when Redis is
+        away twice in a row — the caller ends, and its client resumes with Last-Event-ID."""
+        try:
+            # Short blocks: a blocked read that outlives a socket timeout (seen under gevent)
+            # is just "nothing yet", not an error that ends the feed.
+            rows = read_after(self._conn, self.key, after, block_ms)
+        except redis.TimeoutError:
+            return []
+        except redis.ConnectionError:
+            if self._broken:
+                return None
+            self._broken = True
+            return []
+        self._broken = False
+        return rows

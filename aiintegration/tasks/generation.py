@@ -4,23 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
-from celery import shared_task
+from celery import Task, shared_task
 
 from aiintegration.commands import lifecycle
 from aiintegration.commands.context import get_context
 from aiintegration.commands.create import create_generation_task as create
 from aiintegration.commands.process import process_task as process
-from aiintegration.domain.records import public
-from aiintegration.tasks import CALLER_ERRORS, current_worker_id, error_result
-
-# Redis blips are retried by Celery itself; everything else is handled by the command.
-INFRA = (redis.ConnectionError, redis.TimeoutError)
-RETRY = {"autoretry_for": INFRA, "retry_backoff": 1, "retry_backoff_max": 30, "retry_jitter": True,
-         "max_retries": 5}
+from aiintegration.tasks import CALLER_ERRORS, current_worker_id, error_result, policy
 
 
-@shared_task(name="aiintegration.create_generation_task", acks_late=True, ignore_result=False, **RETRY)
+@shared_task(name="aiintegration.create_generation_task", **policy(answered=True, infra_retry=True))
 def create_generation_task(task_type: str, request_content: dict[str, Any], requested_by: str, priority: int = 5,
                            metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
                            options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -34,9 +27,9 @@ def create_generation_task(task_type: str, request_content: dict[str, Any], requ
     return {"ok": True, "id": task_id, "created": created}
 
 
-@shared_task(name="aiintegration.process_task", bind=True, acks_late=True, ignore_result=True, **RETRY)
-def process_task(self: Any, task_id: str, worker_id: str | None = None, max_processing_time: float | None = None,
-                 **_: Any) -> str:
+@shared_task(name="aiintegration.process_task", bind=True, **policy(answered=False, infra_retry=True))
+def process_task(self: Task[Any, Any], /, task_id: str, worker_id: str | None = None,
+                 max_processing_time: float | None = None, **_: Any) -> str:
     """One attempt. max_processing_time caps the task's own `timeout_s` (default: that timeout)."""
     ctx = get_context()
     cap = ctx.settings.max_task_timeout_s
@@ -44,17 +37,17 @@ def process_task(self: Any, task_id: str, worker_id: str | None = None, max_proc
     return process(ctx, task_id, worker_id=worker_id or current_worker_id(self), max_processing_time=limit)
 
 
-@shared_task(name="aiintegration.retry_task", acks_late=True, ignore_result=False, **RETRY)
+@shared_task(name="aiintegration.retry_task", **policy(answered=True, infra_retry=True))
 def retry_task(task_id: str, retry_reason: str, delay: float | None = None) -> dict[str, Any]:
     try:
-        return {"ok": True, "task": public(lifecycle.retry_task(get_context(), task_id, retry_reason, delay))}
+        return {"ok": True, "task": lifecycle.retry_task(get_context(), task_id, retry_reason, delay).public()}
     except CALLER_ERRORS as exc:
         return error_result(exc)
 
 
-@shared_task(name="aiintegration.cancel_task", acks_late=True, ignore_result=False, **RETRY)
+@shared_task(name="aiintegration.cancel_task", **policy(answered=True, infra_retry=True))
 def cancel_task(task_id: str, cancellation_reason: str) -> dict[str, Any]:
     try:
-        return {"ok": True, "task": public(lifecycle.cancel_task(get_context(), task_id, cancellation_reason))}
+        return {"ok": True, "task": lifecycle.cancel_task(get_context(), task_id, cancellation_reason).public()}
     except CALLER_ERRORS as exc:
         return error_result(exc)

@@ -8,12 +8,10 @@ from celery import shared_task
 
 from aiintegration.commands import providers
 from aiintegration.commands.context import get_context
-from aiintegration.tasks import CALLER_ERRORS, error_result
-
-OPTS: dict[str, Any] = {"acks_late": True, "ignore_result": False}
+from aiintegration.tasks import CALLER_ERRORS, error_result, policy
 
 
-@shared_task(name="aiintegration.switch_provider", **OPTS)
+@shared_task(name="aiintegration.switch_provider", **policy(answered=True))
 def switch_provider(from_provider: str, to_provider: str, reason: str) -> dict[str, Any]:
     try:
         return {"ok": True, **providers.switch_provider(get_context(), from_provider, to_provider, reason)}
@@ -21,7 +19,7 @@ def switch_provider(from_provider: str, to_provider: str, reason: str) -> dict[s
         return error_result(exc)
 
 
-@shared_task(name="aiintegration.update_provider_config", **OPTS)
+@shared_task(name="aiintegration.update_provider_config", **policy(answered=True))
 def update_provider_config(provider: str, config: dict[str, Any]) -> dict[str, Any]:
     try:
         return {"ok": True, "provider": providers.update_provider_config(get_context(), provider, config)}

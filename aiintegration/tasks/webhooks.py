@@ -8,11 +8,11 @@ from celery import shared_task
 
 from aiintegration.commands import webhooks
 from aiintegration.commands.context import get_context
-from aiintegration.errors import ValidationError
+from aiintegration.errors import ValidationError, WebhookFailed
 
 
 @shared_task(name="aiintegration.deliver_webhook", acks_late=True, ignore_result=True,
-             autoretry_for=(webhooks.WebhookFailed,), retry_backoff=2, retry_backoff_max=600, retry_jitter=True,
+             autoretry_for=(WebhookFailed,), retry_backoff=2, retry_backoff_max=600, retry_jitter=True,
              max_retries=8)
 def deliver_webhook(task_id: str) -> dict[str, Any]:
     try:

@@ -8,11 +8,13 @@ from flask import Flask
 from flask_smorest import Api
 from marshmallow import Schema, fields
 
-from aiintegration.commands.context import Context, get_context
-from aiintegration.config import Settings
-from aiintegration.config import get_settings as get_settings_
-
-MAX_BODY_BYTES = 1024 * 1024
+from aiintegration.celery_app import CeleryPublisher
+from aiintegration.celery_app import app as celery_app
+from aiintegration.commands.context import Context
+from aiintegration.config import Settings, get_settings
+from aiintegration.domain.limits import MAX_BODY_BYTES
+from aiintegration.logs import configure
+from aiintegration.web import chat, errors, health, metrics, operations, tasks
 
 
 class ErrorDetail(Schema):
@@ -33,7 +35,8 @@ class ApiWithOurErrors(Api):
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    """`config` may carry `AII_SETTINGS` (a Settings) or `AII_CONTEXT` (a Context) for tests."""
+    """`config` may carry `AII_SETTINGS` (a Settings), `AII_CELERY` (a Celery app whose broker
+    the commands publish to) or `AII_CONTEXT` (a ready Context) — tests use them."""
     app = Flask("aiintegration")
     app.config.update(
         API_TITLE="aiintegration",
@@ -47,21 +50,17 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.config.update(config or {})
+    settings: Settings = app.config.get("AII_SETTINGS") or get_settings()
     if not app.testing:
-        from aiintegration.logs import configure
-
-        configure(json_lines=(app.config.get("AII_SETTINGS") or get_settings_()).log_json)
-    ctx: Context = app.config.get("AII_CONTEXT") or (
-        Context.from_settings(app.config["AII_SETTINGS"]) if "AII_SETTINGS" in app.config else get_context())
+        configure(json_lines=settings.log_json)
+    # As in Flask's Celery example: the app keeps its Celery app, and the context publishes through it.
+    app.extensions["celery"] = app.config.get("AII_CELERY") or celery_app
+    ctx: Context = app.config.get("AII_CONTEXT") or Context.build(
+        settings, CeleryPublisher(app.extensions["celery"]))
     app.extensions["aiintegration"] = ctx
-    from aiintegration.celery_app import app as celery
-
-    app.extensions["celery"] = celery
 
     api = ApiWithOurErrors(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}})
-    from aiintegration.web import chat, errors, health, metrics, operations, tasks
-
     api.register_blueprint(tasks.blp)
     api.register_blueprint(operations.blp)
     api.register_blueprint(chat.blp)
@@ -71,11 +70,4 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
-def context() -> Context:
-    from flask import current_app
-
-    ctx: Context = current_app.extensions["aiintegration"]
-    return ctx
-
-
-__all__ = ["create_app", "context", "Settings"]
+__all__ = ["create_app"]

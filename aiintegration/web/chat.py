@@ -8,22 +8,23 @@ from flask import Response, jsonify
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from aiintegration.commands import chat
-from aiintegration.web import context
-from aiintegration.web.events import feed, last_event_id
+from aiintegration.commands import chat, feeds
+from aiintegration.domain import limits
+from aiintegration.web.current import context
+from aiintegration.web.events import last_event_id, sse
 from aiintegration.web.responses import MessageAcceptedSchema, SessionSchema
 
 blp = Blueprint("chat", __name__, url_prefix="/v1/chat/sessions", description="Chat sessions")
-SECURED = {"security": [{"bearer": []}]}
+SECURED: dict[str, Any] = {"security": [{"bearer": []}]}
 
 
-class AnyJson(fields.Field):
+class AnyJson(fields.Field[Any]):
     """An object or a string (the chat context)."""
 
 
 class StartSchema(Schema):
-    user_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    item_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    user_id = fields.String(required=True, validate=validate.Length(min=1, max=limits.MAX_NAME))
+    item_id = fields.String(required=True, validate=validate.Length(min=1, max=limits.MAX_NAME))
     initial_context = AnyJson(required=True)
 
 
@@ -33,7 +34,8 @@ class MessageSchema(Schema):
 
 
 class CloseSchema(Schema):
-    close_reason = fields.String(load_default="closed by the client", validate=validate.Length(min=1, max=1000))
+    close_reason = fields.String(load_default="closed by the client",
+                                 validate=validate.Length(min=1, max=limits.MAX_REASON))
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -81,9 +83,4 @@ def close(body: dict[str, Any], session_id: Any) -> Response:
 @blp.doc(**SECURED)
 def events(session_id: Any) -> Response:
     """SSE: chat.message, chat.response.delta/completed/incomplete, chat.session_closed."""
-    ctx = context()
-    chat.get_session(ctx, str(session_id))  # 404 for unknown sessions
-    store = chat.chat_store(ctx)
-    return feed(store.stream_key(str(session_id)), after=last_event_id(),
-                is_end=lambda kind: kind == "chat.session_closed",
-                final=lambda last: store.final_events(str(session_id), last))
+    return sse(feeds.open_session_feed(context(), str(session_id), last_event_id()))

@@ -9,9 +9,9 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from aiintegration.commands import dlq, providers
-from aiintegration.domain.records import public
-from aiintegration.domain.submission import TASK_TYPES
-from aiintegration.web import context
+from aiintegration.domain import limits
+from aiintegration.domain.limits import TASK_TYPES
+from aiintegration.web.current import context
 from aiintegration.web.responses import (
     DlqEntrySchema,
     DlqListSchema,
@@ -23,43 +23,47 @@ from aiintegration.web.responses import (
 from aiintegration.web.tasks import TaskSchema
 
 blp = Blueprint("operations", __name__, url_prefix="/v1", description="Dead-letter queue and providers")
-SECURED = {"security": [{"bearer": []}]}
+SECURED: dict[str, Any] = {"security": [{"bearer": []}]}
 
 
 class DlqFilterSchema(Schema):
     provider = fields.String()
     error_class = fields.String(validate=validate.Length(max=100))
     task_type = fields.String(validate=validate.OneOf(TASK_TYPES))
-    requested_by = fields.String(validate=validate.Length(max=200))
+    requested_by = fields.String(validate=validate.Length(max=limits.MAX_NAME))
     review_state = fields.String(validate=validate.OneOf(dlq.REVIEW_STATES))
 
 
 class DlqQuerySchema(DlqFilterSchema):
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    limit = fields.Integer(load_default=limits.DEFAULT_PAGE, validate=validate.Range(min=1, max=limits.MAX_PAGE))
     cursor = fields.Float()
 
 
 class ReplaySchema(Schema):
-    reason = fields.String(load_default="replayed from the DLQ", validate=validate.Length(min=1, max=1000))
+    reason = fields.String(load_default="replayed from the DLQ", validate=validate.Length(min=1, max=limits.MAX_REASON))
 
 
 class ReviewSchema(Schema):
-    note = fields.String(required=True, validate=validate.Length(min=1, max=2000))
-    review_state = fields.String(load_default="manual_review", validate=validate.OneOf(["pending", "manual_review"]))
+    note = fields.String(required=True, validate=validate.Length(min=1, max=limits.MAX_NOTE))
+    review_state = fields.String(load_default="manual_review", validate=validate.OneOf(dlq.REVIEWABLE_STATES))
 
 
 class ProviderConfigSchema(Schema):
-    api_key = fields.String(load_only=True, validate=validate.Length(min=8, max=500))
-    base_url = fields.Url(require_tld=False, schemes={"http", "https"}, allow_none=True)
+    """Types only: `domain.providers.validate_config_changes` holds the rules (one place),
+    and answers every bad field at once."""
+
+    api_key = fields.String(load_only=True, metadata={
+        "description": f"{limits.MIN_API_KEY} to {limits.MAX_API_KEY} characters; write-only"})
+    base_url = fields.String(allow_none=True, metadata={"description": "an http(s) URL"})
     models = fields.Dict(keys=fields.String(validate=validate.OneOf(TASK_TYPES)), values=fields.String())
-    timeout_s = fields.Float(validate=validate.Range(min=1, max=3600))
+    timeout_s = fields.Float(metadata={"description": f"1 to {limits.MAX_PROVIDER_TIMEOUT_S:g} seconds"})
     enabled = fields.Boolean()
 
 
 class SwitchSchema(Schema):
     from_provider = fields.String(required=True)
     to_provider = fields.String(required=True)
-    reason = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=limits.MAX_REASON))
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -85,7 +89,7 @@ def list_dlq(query: dict[str, Any]) -> Response:
 @blp.doc(**SECURED)
 def replay_one(body: dict[str, Any], task_id: Any) -> Response:
     """Requeue one dead-lettered task under its same id and history."""
-    return _json(public(dlq.replay(context(), str(task_id), body["reason"])), 202)
+    return _json(dlq.replay(context(), str(task_id), body["reason"]).public(), 202)
 
 
 @blp.route("/dlq/replay", methods=["POST"])

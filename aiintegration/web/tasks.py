@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 from flask import Response, jsonify, request
@@ -9,34 +10,40 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from aiintegration.commands import lifecycle
+from aiintegration.commands import feeds, lifecycle
 from aiintegration.commands.create import create_generation_task
-from aiintegration.domain.records import public
-from aiintegration.domain.states import TaskStatus
-from aiintegration.domain.submission import TASK_TYPES
-from aiintegration.web import context
-from aiintegration.web.events import feed, last_event_id
+from aiintegration.domain import limits
+from aiintegration.domain.records import PUBLIC_FIELDS, TIME_FIELDS, TaskOptions, TaskRecord
+from aiintegration.domain.states import MAX_PRIORITY, MIN_PRIORITY, TaskStatus
+from aiintegration.web.current import context
+from aiintegration.web.events import last_event_id, sse
 
 blp = Blueprint("tasks", __name__, url_prefix="/v1/tasks", description="Generation tasks")
+STATUSES = [s.value for s in TaskStatus]
 
 
 class OptionsSchema(Schema):
     provider = fields.String(allow_none=True)
-    timeout_s = fields.Float(allow_none=True, validate=validate.Range(min=1, max=3600))
-    max_retries = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=0, max=10))
+    timeout_s = fields.Float(allow_none=True, validate=validate.Range(min=limits.MIN_TIMEOUT_S, max=limits.MAX_TIMEOUT_S))
+    max_retries = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=0, max=limits.MAX_RETRIES))
     retry_on_timeout = fields.Boolean(allow_none=True)
     stream = fields.Boolean(allow_none=True)
-    callback_url = fields.Url(schemes={"http", "https"}, require_tld=False, allow_none=True)
+    callback_url = fields.Url(schemes={"http", "https"}, require_tld=False, allow_none=True,
+                              validate=validate.Length(max=limits.MAX_URL))
+
+
+if set(OptionsSchema().fields) != {f for f in TaskOptions.__dataclass_fields__}:  # pragma: no cover
+    raise RuntimeError("OptionsSchema and TaskOptions name different options")
 
 
 class CreateTaskSchema(Schema):
-    task_type = fields.String(required=True, validate=validate.OneOf(TASK_TYPES))
+    task_type = fields.String(required=True, validate=validate.OneOf(limits.TASK_TYPES))
     request_content = fields.Dict(required=True, metadata={"description": "prompt/messages/… by task type"})
-    requested_by = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    priority = fields.Integer(strict=True, load_default=5, validate=validate.Range(min=0, max=9),
-                              metadata={"description": "0–9, 9 most urgent"})
+    requested_by = fields.String(required=True, validate=validate.Length(min=1, max=limits.MAX_NAME))
+    priority = fields.Integer(strict=True, load_default=5, validate=validate.Range(min=MIN_PRIORITY, max=MAX_PRIORITY),
+                              metadata={"description": f"{MIN_PRIORITY}–{MAX_PRIORITY}, {MAX_PRIORITY} most urgent"})
     metadata = fields.Dict(load_default=dict)
-    idempotency_key = fields.String(allow_none=True, validate=validate.Length(min=1, max=200))
+    idempotency_key = fields.String(allow_none=True, validate=validate.Length(min=1, max=limits.MAX_NAME))
     options = fields.Nested(OptionsSchema, load_default=dict)
 
 
@@ -48,26 +55,32 @@ class TaskErrorSchema(Schema):
     class_ = fields.String(data_key="class")
 
 
-class TaskSchema(Schema):
-    id = fields.String()
-    task_type = fields.String()
-    status = fields.String(validate=validate.OneOf([s.value for s in TaskStatus]))
-    priority = fields.Integer()
-    requested_by = fields.String()
-    request_content = fields.Dict()
-    metadata = fields.Dict()
-    options = fields.Dict()
-    attempts = fields.Integer()
-    max_retries = fields.Integer()
-    provider = fields.String(allow_none=True)
-    worker_id = fields.String(allow_none=True)
-    result = fields.Dict(allow_none=True)
-    error = fields.Nested(TaskErrorSchema, allow_none=True)
-    created_at = fields.String()
-    started_at = fields.String(allow_none=True)
-    finished_at = fields.String(allow_none=True)
-    updated_at = fields.String(allow_none=True)
-    deadline_at = fields.String(allow_none=True)
+def _public_field(name: str, hint: Any) -> fields.Field[Any]:
+    """The OpenAPI field of one public record field, from its type in `TaskRecord`."""
+    nullable = type(None) in typing.get_args(hint)
+    if name == "status":
+        return fields.String(validate=validate.OneOf(STATUSES))
+    if name == "error":
+        return fields.Nested(TaskErrorSchema, allow_none=True)
+    if name in TIME_FIELDS:  # epoch seconds in the record, ISO 8601 strings outside
+        return fields.String(allow_none=nullable)
+    base = hint if not nullable else next(a for a in typing.get_args(hint) if a is not type(None))
+    if base is int:
+        return fields.Integer(allow_none=nullable)
+    if base is str:
+        return fields.String(allow_none=nullable)
+    return fields.Dict(allow_none=nullable)
+
+
+def _hint(name: str) -> Any:
+    """A record field's type, or a property's return type (`max_retries`)."""
+    attribute = getattr(TaskRecord, name, None)
+    if isinstance(attribute, property) and attribute.fget is not None:
+        return typing.get_type_hints(attribute.fget)["return"]
+    return typing.get_type_hints(TaskRecord)[name]
+
+
+TaskSchema = Schema.from_dict({name: _public_field(name, _hint(name)) for name in PUBLIC_FIELDS}, name="TaskSchema")
 
 
 class CreatedSchema(Schema):
@@ -85,19 +98,19 @@ CURSOR = (r"^-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][+-]?[0-9]{1,2})?"  # always a fi
 
 
 class ListQuerySchema(Schema):
-    status = fields.String(validate=validate.OneOf([s.value for s in TaskStatus]))
-    requested_by = fields.String(validate=validate.Length(min=1, max=200))
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    requested_by = fields.String(validate=validate.Length(min=1, max=limits.MAX_NAME))
+    limit = fields.Integer(load_default=limits.DEFAULT_PAGE, validate=validate.Range(min=1, max=limits.MAX_PAGE))
     cursor = fields.String(validate=validate.Regexp(CURSOR, error="not a cursor from a previous page's next_cursor"))
 
 
 class CancelSchema(Schema):
-    cancellation_reason = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+    cancellation_reason = fields.String(required=True, validate=validate.Length(min=1, max=limits.MAX_REASON))
 
 
 class RetrySchema(Schema):
-    retry_reason = fields.String(required=True, validate=validate.Length(min=1, max=1000))
-    delay = fields.Float(allow_none=True, validate=validate.Range(min=0, max=3000))
+    retry_reason = fields.String(required=True, validate=validate.Length(min=1, max=limits.MAX_REASON))
+    delay = fields.Float(allow_none=True, validate=validate.Range(min=0, max=limits.MAX_RETRY_DELAY_S))
 
 
 @blp.route("")
@@ -118,7 +131,7 @@ class Tasks(MethodView):
             idempotency_key=key, options=options,
         )
         if not created:
-            return _json(public(lifecycle.get_task(ctx, task_id)), 200)
+            return _json(lifecycle.get_task(ctx, task_id).public(), 200)
         resp = _json({"id": task_id, "status": "queued"}, 202)
         resp.headers["Location"] = f"/v1/tasks/{task_id}"
         return resp
@@ -128,9 +141,10 @@ class Tasks(MethodView):
     @blp.doc(security=[{"bearer": []}])
     def get(self, query: dict[str, Any]) -> Any:
         """List tasks, newest first, filtered by status and/or requested_by."""
-        items, cursor = context().tasks.list(status=query.get("status"), requested_by=query.get("requested_by"),
-                                             limit=query["limit"], cursor=query.get("cursor"))
-        return _json({"items": [public(r) for r in items], "next_cursor": cursor}, 200)
+        items, cursor = lifecycle.list_tasks(context(), status=query.get("status"),
+                                             requested_by=query.get("requested_by"), limit=query["limit"],
+                                             cursor=query.get("cursor"))
+        return _json({"items": [r.public() for r in items], "next_cursor": cursor}, 200)
 
 
 @blp.route("/<uuid:task_id>")
@@ -138,7 +152,7 @@ class Tasks(MethodView):
 @blp.doc(security=[{"bearer": []}])
 def get_task(task_id: Any) -> Any:
     """Status lookup: the record, with `result` once succeeded and `error` once failed."""
-    return _json(public(lifecycle.get_task(context(), str(task_id))), 200)
+    return _json(lifecycle.get_task(context(), str(task_id)).public(), 200)
 
 
 @blp.route("/<uuid:task_id>/cancel", methods=["POST"])
@@ -147,7 +161,7 @@ def get_task(task_id: Any) -> Any:
 @blp.doc(security=[{"bearer": []}])
 def cancel(body: dict[str, Any], task_id: Any) -> Any:
     """Cancel a queued or running task (CancelTask); 409 if it already finished."""
-    return _json(public(lifecycle.cancel_task(context(), str(task_id), body["cancellation_reason"])), 202)
+    return _json(lifecycle.cancel_task(context(), str(task_id), body["cancellation_reason"]).public(), 202)
 
 
 @blp.route("/<uuid:task_id>/retry", methods=["POST"])
@@ -156,18 +170,14 @@ def cancel(body: dict[str, Any], task_id: Any) -> Any:
 @blp.doc(security=[{"bearer": []}])
 def retry(body: dict[str, Any], task_id: Any) -> Any:
     """Retry a dead-lettered or timed-out task under the same id (RetryTask)."""
-    return _json(public(lifecycle.retry_task(context(), str(task_id), body["retry_reason"], body.get("delay"))), 202)
+    return _json(lifecycle.retry_task(context(), str(task_id), body["retry_reason"], body.get("delay")).public(), 202)
 
 
 @blp.route("/<uuid:task_id>/events")
 @blp.doc(security=[{"bearer": []}])
 def task_events(task_id: Any) -> Response:
     """SSE stream of the task's events; ends after its terminal event."""
-    ctx = context()
-    lifecycle.get_task(ctx, str(task_id))  # 404 for unknown tasks
-    terminal = {"task.succeeded", "task.cancelled", "task.dead_lettered"}
-    return feed(ctx.tasks.stream_key(str(task_id)), after=last_event_id(), is_end=terminal.__contains__,
-                final=lambda last: ctx.tasks.final_events(str(task_id), last))
+    return sse(feeds.open_task_feed(context(), str(task_id), last_event_id()))
 
 
 def _json(payload: dict[str, Any], status: int) -> Response:

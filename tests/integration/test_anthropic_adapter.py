@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from aiintegration import errors
+from aiintegration.domain.providers import ProviderConfig
 from aiintegration.providers import build_provider
-from aiintegration.providers.base import GenerationRequest, ProviderConfig
+from aiintegration.providers.base import GenerationRequest
 from tests.fake_provider import FakeProvider, Fault
 
 KEY = "sk-ant-test-LEAKCHECK-1234567890"

@@ -10,7 +10,7 @@ VALID = {"task_type": "text_generation", "request_content": {"prompt": "hi"}, "r
 
 
 def stored_task_count(ctx) -> int:
-    return int(ctx.redis.zcard(f"{ctx.settings.key_prefix}:idx:tasks"))
+    return int(ctx.tasks.r.zcard(f"{ctx.settings.key_prefix}:idx:tasks"))
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"},

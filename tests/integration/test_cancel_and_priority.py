@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiintegration.config import broker_lists
+from aiintegration.store.broker_queue import broker_lists
 from tests.support import Worker, events_of, wait_for, wait_status
 
 
@@ -20,9 +20,9 @@ def test_a_cancelled_queued_task_is_never_run_and_cancelling_twice_is_409(client
     assert resp.status_code == 202 and resp.json["status"] == "cancelled"
     with Worker(db, concurrency=2):  # the broker still holds the cancelled task's message
         wait_status(ctx, kept, ["succeeded"])
-        wait_for(lambda: sum(ctx.redis.llen(q) for q in broker_lists()) == 0, what="queue drained")
+        wait_for(lambda: sum(ctx.tasks.r.llen(q) for q in broker_lists()) == 0, what="queue drained")
     record = ctx.tasks.get(doomed)
-    assert record["status"] == "cancelled" and record["attempts"] == 0 and record["result"] is None
+    assert record.status == "cancelled" and record.attempts == 0 and record.result is None
     assert [e["type"] for e in events_of(ctx, doomed)] == ["task.created", "task.cancelled"]
     again = client.post(f"/v1/tasks/{doomed}/cancel", json={"cancellation_reason": "again"}, headers=auth)
     assert again.status_code == 409 and again.json["error"]["details"]["status"] == "cancelled"
@@ -38,7 +38,7 @@ def test_an_urgent_task_submitted_last_starts_before_a_busy_workers_backlog(clie
     with Worker(db, concurrency=1, env=env):
         wait_status(ctx, urgent, ["succeeded"], timeout_s=20)
         records = [wait_status(ctx, t, ["succeeded"], timeout_s=20) for t in backlog]
-    urgent_started = ctx.tasks.get(urgent)["started_at"]
-    started_after = sum(1 for r in records if r["started_at"] > urgent_started)
+    urgent_started = ctx.tasks.get(urgent).started_at
+    started_after = sum(1 for r in records if r.started_at > urgent_started)
     # One backlog task may already be running or fetched when the worker starts.
     assert started_after >= len(backlog) - 2, (started_after, urgent_started)

@@ -79,10 +79,10 @@ def test_closing_a_session_cancels_its_answer_and_rejects_new_messages(server, c
         "user_id": "u-2", "item_id": "sku-7", "initial_context": "a red lamp"}).json()["id"]
     task_id = httpx.post(f"{server}/v1/chat/sessions/{sid}/messages", headers=AUTH,
                          json={"message": "tell me everything"}).json()["task_id"]
-    wait_for(lambda: ctx.tasks.get(task_id)["status"] == "running", what="the answer to start")
+    wait_for(lambda: ctx.tasks.get(task_id).status == "running", what="the answer to start")
     closed = httpx.post(f"{server}/v1/chat/sessions/{sid}/close", headers=AUTH, json={"close_reason": "done"})
     assert closed.status_code == 200 and closed.json()["status"] == "closed"
-    assert ctx.tasks.get(task_id)["status"] == "cancelled"
+    assert ctx.tasks.get(task_id).status == "cancelled"
     events = read_sse(server, f"/v1/chat/sessions/{sid}/events", until=lambda e: e["event"] == "chat.session_closed")
     assert events[-1]["event"] == "chat.session_closed"
     again = httpx.post(f"{server}/v1/chat/sessions/{sid}/messages", headers=AUTH, json={"message": "hello?"})
@@ -108,17 +108,20 @@ def test_a_task_feed_ends_after_its_terminal_event_and_rejects_bad_resume_ids(se
 def test_a_late_delta_from_a_stopped_call_never_follows_the_incomplete_event(ctx):
     """The stopped call's thread may still hand over a chunk after the task thread wrote
     `chat.response.incomplete`: it is dropped, so the attempt's events end with the notice."""
-    from aiintegration.commands.chat import ChatStream, chat_store, start_chat_session
+    from aiintegration.commands.chat import ChatStream, start_chat_session
+    from aiintegration.domain.records import TaskRecord
+    from aiintegration.domain.states import TaskStatus
 
     sid = start_chat_session(ctx, "u-late", "i-late", "ctx")["id"]
-    pool = ctx.redis.connection_pool
+    pool = ctx.tasks.r.connection_pool
 
     def in_use() -> int:  # BlockingConnectionPool: every connection made, minus the idle ones
         return len(pool._connections) - sum(1 for c in list(pool.pool.queue) if c is not None)
 
     idle_before = in_use()
-    stream = ChatStream(ctx, {"id": "task-late", "attempts": 1,
-                              "metadata": {"chat_session_id": sid, "chat_message_id": "m-late"}})
+    stream = ChatStream(ctx, TaskRecord(id="task-late", task_type="chat_completion", status=TaskStatus.RUNNING,
+                                        requested_by="test", request_content={}, attempts=1,
+                                        metadata={"chat_session_id": sid, "chat_message_id": "m-late"}))
     stream.delta("one")
     stream.delta("two")
     assert in_use() == idle_before + 1  # the answer's deltas go through its one connection
@@ -126,7 +129,7 @@ def test_a_late_delta_from_a_stopped_call_never_follows_the_incomplete_event(ctx
     assert in_use() == idle_before  # given back at the end
     stream.delta("three")  # too late
     stream.close()  # the task's finally: harmless after the end
-    rows = ctx.redis.xrange(chat_store(ctx).stream_key(sid))
+    rows = ctx.tasks.r.xrange(ctx.chats.keys.chat_stream(sid))
     assert [fields["type"] for _, fields in rows] == [
         "chat.session_started", "chat.response.delta", "chat.response.delta", "chat.response.incomplete"]
     assert [json.loads(fields["data"]).get("seq") for _, fields in rows[1:3]] == [1, 2]

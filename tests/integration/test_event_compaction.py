@@ -51,14 +51,14 @@ def test_a_compacted_task_serves_the_same_feed_and_resumes_the_same_way(client, 
     task_id = finished_task(client, auth, ctx)
     before = feed(client, auth, task_id)
     assert [e for _, e, _ in before] == ["task.created", "task.started", "task.succeeded"]
-    r = ctx.redis
-    stream_bytes = r.memory_usage(ctx.tasks.stream_key(task_id), samples=0)
+    r = ctx.tasks.r
+    stream_bytes = r.memory_usage(ctx.tasks.keys.task_stream(task_id), samples=0)
     record_before = client.get(f"/v1/tasks/{task_id}", headers=auth).json
 
     assert ctx.tasks.compact_finished(before=time.time() + 1) >= 1
-    assert not r.exists(ctx.tasks.stream_key(task_id))
-    assert r.hexists(ctx.tasks.key(task_id), "events")
-    assert r.ttl(ctx.tasks.key(task_id)) > 0  # still expires with its retention
+    assert not r.exists(ctx.tasks.keys.task_stream(task_id))
+    assert r.hexists(ctx.tasks.keys.task(task_id), "events")
+    assert r.ttl(ctx.tasks.keys.task(task_id)) > 0  # still expires with its retention
     assert ctx.tasks.compact_finished(before=time.time() + 1) == 0  # nothing left to fold
     assert feed(client, auth, task_id) == before
     assert feed(client, auth, task_id, last=before[0][0]) == before[1:]
@@ -81,13 +81,13 @@ def test_a_feed_resumed_past_a_finished_tasks_last_event_ends_at_once(client, au
 
 def test_the_cleanup_sweep_compacts_only_tasks_finished_long_enough_ago(client, auth, ctx):
     task_id = finished_task(client, auth, ctx)
-    stream = ctx.tasks.stream_key(task_id)
+    stream = ctx.tasks.keys.task_stream(task_id)
     cleanup_timed_out_tasks(ctx)
-    assert ctx.redis.exists(stream), "a task that just finished may still have live feeds"
+    assert ctx.tasks.r.exists(stream), "a task that just finished may still have live feeds"
     later = dataclasses.replace(ctx, clock=lambda: time.time() + ctx.settings.events_compact_after_s + 1)
     result = cleanup_timed_out_tasks(later)
     assert result["compacted"] >= 1
-    assert not ctx.redis.exists(stream) and ctx.redis.hexists(ctx.tasks.key(task_id), "events")
+    assert not ctx.tasks.r.exists(stream) and ctx.tasks.r.hexists(ctx.tasks.keys.task(task_id), "events")
 
 
 def test_a_dead_lettered_task_is_never_compacted(ctx):
@@ -99,9 +99,9 @@ def test_a_dead_lettered_task_is_never_compacted(ctx):
     done, _ = ctx.tasks.transition(task_id, to="dead_lettered", allowed_from=["queued"],
                                    events=[("task.dead_lettered", {"reason": "test"})])
     assert done
-    ctx.redis.zadd(f"{ctx.settings.key_prefix}:idx:compact", {task_id: 0})  # as if listed by mistake
+    ctx.tasks.r.zadd(f"{ctx.settings.key_prefix}:idx:compact", {task_id: 0})  # as if listed by mistake
     ctx.tasks.compact_finished(before=time.time() + 1)
-    assert ctx.redis.exists(ctx.tasks.stream_key(task_id))  # a replay from the DLQ appends to it
+    assert ctx.tasks.r.exists(ctx.tasks.keys.task_stream(task_id))  # a replay from the DLQ appends to it
 
 
 def test_a_closed_chat_sessions_feed_replays_and_ends_at_once(client, auth):

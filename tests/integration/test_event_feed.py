@@ -43,12 +43,11 @@ def _open_session(client):
 
 def test_a_feed_reads_on_one_connection_and_gives_it_back(client, ctx):
     """However many events it serves, a feed holds one connection, returned when it ends."""
-    from aiintegration.commands.chat import chat_store
 
     sid = _open_session(client)
     for n in range(5):
-        chat_store(ctx).emit(sid, "chat.message", n=n)
-    pool = ctx.redis.connection_pool
+        ctx.chats.emit(sid, "chat.message", n=n)
+    pool = ctx.tasks.r.connection_pool
 
     def in_use() -> int:  # BlockingConnectionPool: every connection made, minus the idle ones
         return len(pool._connections) - sum(1 for c in list(pool.pool.queue) if c is not None)
@@ -59,7 +58,7 @@ def test_a_feed_reads_on_one_connection_and_gives_it_back(client, ctx):
     assert next(body) == b"retry: 2000\n\n"
     assert next(body).count(b"event: ") == 6  # every stored event in one write
     assert in_use() == idle_before + 1
-    closer = threading.Timer(0.3, lambda: chat_store(ctx).close(sid, "done", {}))
+    closer = threading.Timer(0.3, lambda: ctx.chats.close(sid, "done", {}))
     closer.start()
     rest = b"".join(body)  # the feed blocks on its connection until the close event, then ends
     closer.join()
@@ -69,7 +68,6 @@ def test_a_feed_reads_on_one_connection_and_gives_it_back(client, ctx):
 
 
 def test_a_feed_rides_over_a_dropped_redis_connection(client, ctx):
-    from aiintegration.commands.chat import chat_store
 
     sid = _open_session(client)
     reply = client.get(f"/v1/chat/sessions/{sid}/events", headers=AUTH, buffered=False)
@@ -79,14 +77,14 @@ def test_a_feed_rides_over_a_dropped_redis_connection(client, ctx):
     def kill_the_feeds_reader_then_emit():
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            readers = [c for c in ctx.redis.client_list() if c.get("cmd") == "xread"]
+            readers = [c for c in ctx.tasks.r.client_list() if c.get("cmd") == "xread"]
             if readers:
                 for c in readers:
-                    ctx.redis.client_kill_filter(_id=c["id"])
+                    ctx.tasks.r.client_kill_filter(_id=c["id"])
                 break
             time.sleep(0.02)
         time.sleep(0.2)
-        chat_store(ctx).emit(sid, "chat.message", after="the drop")
+        ctx.chats.emit(sid, "chat.message", after="the drop")
 
     killer = threading.Thread(target=kill_the_feeds_reader_then_emit)
     killer.start()
@@ -108,10 +106,9 @@ def test_an_idle_feed_ends_soon_after_its_client_hangs_up(client, ctx):
                        environ_overrides={"gunicorn.socket": ours})
     body = reply.response
     assert next(body) == b"retry: 2000\n\n" and b"chat.session_started" in next(body)
-    from aiintegration.commands.chat import chat_store
 
     theirs.close()
-    backstop = threading.Timer(6, lambda: chat_store(ctx).close(sid, "test backstop", {}))  # never hang
+    backstop = threading.Timer(6, lambda: ctx.chats.close(sid, "test backstop", {}))  # never hang
     backstop.start()
     started = time.monotonic()
     rest = b"".join(body)

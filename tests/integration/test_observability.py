@@ -114,7 +114,7 @@ def test_a_finished_record_stays_compact_on_the_recommended_server_settings(clie
         "requested_by": "memory-check"})
     task_id = resp.json["id"]
     wait_status(ctx, task_id, ["succeeded"])
-    r = ctx.redis
+    r = ctx.tasks.r
     assert r.object("encoding", f"aii:task:{task_id}") == "listpack"
     record_bytes = r.memory_usage(f"aii:task:{task_id}", samples=0)
     stream_bytes = r.memory_usage(f"aii:events:task:{task_id}", samples=0)
@@ -125,7 +125,7 @@ def test_a_finished_record_stays_compact_on_the_recommended_server_settings(clie
 def test_the_worker_warns_when_the_server_is_not_tuned(ctx, caplog):
     from aiintegration.store.redis_client import RECOMMENDED_SERVER_CONFIG, check_server_config
 
-    r = ctx.redis
+    r = ctx.tasks.r
     assert check_server_config(r) == []
     r.config_set("stream-node-max-bytes", 4096)
     try:

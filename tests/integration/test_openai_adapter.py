@@ -8,8 +8,9 @@ import time
 import pytest
 
 from aiintegration import errors
+from aiintegration.domain.providers import ProviderConfig
 from aiintegration.providers import build_provider
-from aiintegration.providers.base import GenerationRequest, ProviderConfig
+from aiintegration.providers.base import GenerationRequest
 from tests.fake_provider import FakeProvider, Fault
 
 KEY = "sk-test-LEAKCHECK-1234567890"
@@ -134,10 +135,9 @@ def test_concurrent_slow_calls_through_one_provider_and_its_breaker_overlap(fake
     """pybreaker's call() would serialize these; our breaker only wraps the outcome."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from aiintegration.commands.breaker import breaker_for
 
     fake.default.delay_s = 0.5
-    p, breaker = provider(fake), breaker_for(ctx, "concurrency-probe")
+    p, breaker = provider(fake), ctx.breakers["concurrency-probe"]
 
     def one(_: int) -> None:
         assert breaker.allows()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-from aiintegration.commands.breaker import breaker_for
 from aiintegration.commands.create import create_generation_task
 from aiintegration.commands.failures import handle_failure
+from aiintegration.domain.providers import ProviderConfig
 from aiintegration.errors import InvalidRequest, ProviderUnavailable
-from aiintegration.providers.base import ProviderConfig
 
 SECRET = "sk-test-LEAKCHECK-1234567890"
 
@@ -17,7 +16,7 @@ def dead_task(ctx, exc, requested_by="ops-test"):
     task_id, _ = create_generation_task(ctx, task_type="text_generation", request_content={"prompt": "p"},
                                         requested_by=requested_by, options={"max_retries": 0})
     claim = ctx.tasks.claim(task_id, worker_id="w", lease_s=30, max_processing_time=300)
-    handle_failure(ctx, claim.record, exc, run_id=claim.record["run_id"])
+    handle_failure(ctx, claim.record, exc, run_id=claim.record.run_id)
     return task_id
 
 
@@ -44,7 +43,7 @@ def test_bulk_replay_takes_only_the_matching_entries_and_needs_a_filter(client, 
     resp = client.post("/v1/dlq/replay", json={"error_class": "ProviderUnavailable", "requested_by": "bulk"},
                        headers=auth)
     assert resp.status_code == 202 and sorted(resp.json["replayed"]) == sorted(flaky)
-    assert ctx.tasks.get(other)["status"] == "dead_lettered"
+    assert ctx.tasks.get(other).status == "dead_lettered"
 
 
 def test_discarding_an_entry_removes_it_and_unknown_entries_are_404(client, auth, ctx):
@@ -69,8 +68,8 @@ def test_switch_moves_the_target_ahead_and_repins_waiting_tasks(client, auth, ct
                                                      "reason": "local is slow"}, headers=auth)
     assert resp.status_code == 200, resp.json
     assert resp.json["order"].index("backup") < resp.json["order"].index("local")
-    assert ctx.tasks.get(pinned)["options"]["provider"] == "backup"
-    events = [json.loads(f["data"]) for _, f in ctx.redis.xrange("aii:events") if f["type"] == "provider.switched"]
+    assert ctx.tasks.get(pinned).options.provider == "backup"
+    events = [json.loads(f["data"]) for _, f in ctx.tasks.r.xrange("aii:events") if f["type"] == "provider.switched"]
     assert events and events[-1]["reason"] == "local is slow"
     assert client.post("/v1/providers/switch", json={"from_provider": "local", "to_provider": "nobody",
                                                      "reason": "x"}, headers=auth).status_code == 404
@@ -78,7 +77,7 @@ def test_switch_moves_the_target_ahead_and_repins_waiting_tasks(client, auth, ct
 
 def test_switch_refuses_a_target_whose_breaker_is_open(client, auth, ctx):
     ctx.providers.put(ProviderConfig("broken", "local"))
-    breaker = breaker_for(ctx, "broken")
+    breaker = ctx.breakers["broken"]
     for _ in range(ctx.settings.breaker_fail_max):
         breaker.failure()
     resp = client.post("/v1/providers/switch", json={"from_provider": "local", "to_provider": "broken",
@@ -95,22 +94,24 @@ def test_a_config_update_is_validated_applied_versioned_and_never_shows_the_key(
     assert resp.json["timeout_s"] == 45 and resp.json["api_key"] == "sk-…7890"
     assert SECRET not in resp.get_data(as_text=True)
     assert SECRET not in client.get("/v1/providers", headers=auth).get_data(as_text=True)
-    assert all(SECRET not in json.dumps(f) for _, f in ctx.redis.xrange("aii:events"))
+    assert all(SECRET not in json.dumps(f) for _, f in ctx.tasks.r.xrange("aii:events"))
     assert ctx.providers.history("local")  # the previous version is kept
 
 
-def test_the_operator_cli_lists_reviews_and_replays_the_dlq(ctx, capsys, monkeypatch):
+def test_the_operator_cli_lists_reviews_and_replays_the_dlq(ctx, capsys, monkeypatch, request):
     from aiintegration import cli
-    from aiintegration.commands import context as context_module
+    from aiintegration.config import get_settings
 
     task_id = dead_task(ctx, InvalidRequest("cli case", provider="local"))
-    monkeypatch.setattr(context_module, "_context", ctx)
+    monkeypatch.setenv("REDIS_URL", ctx.settings.redis_url)  # the CLI builds its context from the environment
+    get_settings.cache_clear()
+    request.addfinalizer(get_settings.cache_clear)  # runs before the environment is restored
     assert cli.main(["dlq", "list", "--error-class", "InvalidRequest"]) == 0
     assert task_id in capsys.readouterr().out
     assert cli.main(["dlq", "review", task_id, "--note", "looked at it"]) == 0
     assert cli.main(["dlq", "replay", task_id]) == 0
     assert json.loads(capsys.readouterr().out.split("\n}\n")[-1] or "{}") is not None
-    assert ctx.tasks.get(task_id)["status"] == "queued"
+    assert ctx.tasks.get(task_id).status == "queued"
     assert cli.main(["status", task_id]) == 0 and '"queued"' in capsys.readouterr().out
     assert cli.main(["providers"]) == 0 and '"order"' in capsys.readouterr().out
     assert cli.main(["dlq", "replay", task_id]) == 1  # already replayed: a message, not a traceback

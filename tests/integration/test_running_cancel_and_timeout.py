@@ -34,7 +34,7 @@ def test_cancelling_a_running_task_frees_its_worker_within_2s_and_discards_the_r
     assert time.monotonic() - cancelled_at < 2.0, started
     time.sleep(4.5)  # past the abandoned call's natural end
     record = ctx.tasks.get(task_id)
-    assert record["status"] == "cancelled" and record["result"] is None
+    assert record.status == "cancelled" and record.result is None
     assert "task.succeeded" not in [e["type"] for e in events_of(ctx, task_id)]
     wait_status(ctx, follower, ["succeeded"], timeout_s=10)
 
@@ -42,8 +42,8 @@ def test_cancelling_a_running_task_frees_its_worker_within_2s_and_discards_the_r
 def test_an_attempt_past_its_deadline_is_timed_out_and_dead_lettered_when_no_retry_is_left(client, auth, ctx):
     task_id = submit(client, auth, timeout_s=1, max_retries=0)
     record = wait_status(ctx, task_id, ["dead_lettered"], timeout_s=10)
-    assert record["error"]["class"] == "TaskTimedOut"
+    assert record.error["class"] == "TaskTimedOut"
     kinds = [e["type"] for e in events_of(ctx, task_id)]
     assert kinds[-3:] == ["task.timed_out", "task.failed", "task.dead_lettered"]
-    finished = record["finished_at"] - record["started_at"]
+    finished = record.finished_at - record.started_at
     assert finished < 2.5, finished

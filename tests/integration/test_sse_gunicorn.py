@@ -54,7 +54,7 @@ def test_feeds_whose_clients_hang_up_let_go_of_redis_within_a_read_block(web, ct
     sid = new_session(web)
 
     def reading() -> int:  # connections blocked in a feed's XREAD
-        return sum(1 for c in ctx.redis.client_list() if c.get("cmd") == "xread" and "b" in c.get("flags", ""))
+        return sum(1 for c in ctx.tasks.r.client_list() if c.get("cmd") == "xread" and "b" in c.get("flags", ""))
 
     before = reading()
     clients = []

@@ -43,21 +43,21 @@ def test_a_text_task_goes_from_submission_to_a_local_result(client, auth, ctx):
 
 def test_the_local_provider_is_deterministic(client, auth, ctx):
     ids = [submit(client, auth, request_content={"prompt": "same words"}).json["id"] for _ in range(2)]
-    texts = [wait_status(ctx, i, ["succeeded"])["result"]["text"] for i in ids]
+    texts = [wait_status(ctx, i, ["succeeded"]).result["text"] for i in ids]
     assert texts[0] == texts[1]
 
 
 def test_an_image_task_returns_a_png(client, auth, ctx):
     resp = submit(client, auth, task_type="image_generation", request_content={"prompt": "a red square"})
     record = wait_status(ctx, resp.json["id"], ["succeeded"])
-    png = base64.b64decode(record["result"]["images"][0]["b64_png"])
+    png = base64.b64decode(record.result["images"][0]["b64_png"])
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_a_chat_completion_task_answers(client, auth, ctx):
     content = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}
     resp = submit(client, auth, task_type="chat_completion", request_content=content)
-    assert wait_status(ctx, resp.json["id"], ["succeeded"])["result"]["finish_reason"] == "stop"
+    assert wait_status(ctx, resp.json["id"], ["succeeded"]).result["finish_reason"] == "stop"
 
 
 def test_a_repeated_idempotency_key_returns_the_first_task(client, auth, ctx):
@@ -97,7 +97,7 @@ def test_another_service_can_submit_with_send_task_by_name(ctx):
         "requested_by": "billing-service", "priority": 7})
     reply = async_result.get(timeout=10)
     assert reply["ok"] is True
-    assert wait_status(ctx, reply["id"], ["succeeded"])["priority"] == 7
+    assert wait_status(ctx, reply["id"], ["succeeded"]).priority == 7
 
 
 def test_send_task_with_bad_input_gets_a_clear_error_back(ctx):
@@ -135,7 +135,7 @@ def test_a_submission_publishes_without_result_subscriptions_or_a_client_per_com
     channel unless told the result is ignored, and kombu builds a redis.Redis per command."""
     import redis
 
-    from aiintegration.store.broker import Transport
+    from aiintegration.kombu_transport import Transport
     from tests.support import celery_for
 
     conn = celery_for(ctx.settings.redis_url).connection_for_write()

@@ -22,12 +22,12 @@ def test_a_killed_workers_task_is_redelivered_and_finishes_exactly_once(client, 
         first.kill()
     finally:
         first.kill()
-    assert running["attempts"] == 1
+    assert running.attempts == 1
     with Worker(db, concurrency=2, env=CRASH_ENV, name="rescuer") as second:
         record = wait_status(ctx, task_id, ["succeeded"], timeout_s=40)
         kinds = [e["type"] for e in events_of(ctx, task_id)]
-        assert "rescuer" in record["worker_id"], second.output()[-2000:]
-    assert record["attempts"] == 2
+        assert "rescuer" in record.worker_id, second.output()[-2000:]
+    assert record.attempts == 2
     assert kinds.count("task.succeeded") == 1
     started = [e for e in events_of(ctx, task_id) if e["type"] == "task.started"]
     assert [e["recovered"] for e in started] == [False, True]

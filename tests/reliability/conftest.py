@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
 
 from aiintegration.commands.context import Context
+from aiintegration.domain.records import TaskRecord
 
 TERMINAL = ("succeeded", "dead_lettered", "cancelled")
 # Redelivery in seconds instead of an hour: short visibility timeout, lease and restore sweep.
@@ -22,8 +22,8 @@ def state(ctx: Context) -> dict[str, int]:
     """Where the work is: tasks by status, broker messages waiting and unacked (for failure messages)."""
     statuses = ("queued", "running", "retrying", "timed_out", *TERMINAL)
     out = {status: ctx.tasks.count(status) for status in statuses}
-    out["broker_waiting"] = sum(int(ctx.redis.llen(key)) for key in ctx.redis.scan_iter("celery*", _type="list"))
-    out["broker_unacked"] = int(ctx.redis.hlen("unacked"))
+    out["broker_waiting"] = sum(int(ctx.tasks.r.llen(key)) for key in ctx.tasks.r.scan_iter("celery*", _type="list"))
+    out["broker_unacked"] = int(ctx.tasks.r.hlen("unacked"))
     return out
 
 
@@ -37,11 +37,11 @@ def wait_all_terminal(ctx: Context, n: int, timeout_s: float) -> None:
 
 def event_counts(ctx: Context, task_ids: list[str]) -> list[Counter[str]]:
     """Per task, how many events of each type its stream holds."""
-    pipe = ctx.redis.pipeline(transaction=False)
+    pipe = ctx.tasks.r.pipeline(transaction=False)
     for task_id in task_ids:
-        pipe.xrange(ctx.tasks.stream_key(task_id))
+        pipe.xrange(ctx.tasks.keys.task_stream(task_id))
     return [Counter(fields["type"] for _, fields in entries) for entries in pipe.execute()]
 
 
-def summary(records: list[dict[str, Any] | None]) -> Counter[str]:
-    return Counter(r["status"] if r else "missing" for r in records)
+def summary(records: list[TaskRecord | None]) -> Counter[str]:
+    return Counter(r.status if r else "missing" for r in records)

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from aiintegration.providers.base import ProviderConfig
+from aiintegration.domain.providers import ProviderConfig
 from tests.fake_provider import Behaviour, FakeProvider
 from tests.reliability.conftest import event_counts, summary, wait_all_terminal
 from tests.support import Worker, events_of
@@ -38,26 +38,26 @@ def test_chaos_ends_every_task_succeeded_or_dead_lettered_for_the_right_reason(c
                 assert resp.status_code == 202, resp.json
                 ids.append(resp.json["id"])
             wait_all_terminal(ctx, N, timeout_s=240)
-        statuses = Counter(r["status"] for r in ctx.tasks.get_many(ids))
+        statuses = Counter(r.status for r in ctx.tasks.get_many(ids))
 
     records = ctx.tasks.get_many(ids)
     assert set(summary(records)) <= {"succeeded", "dead_lettered"}, summary(records)
     assert ctx.tasks.count("running") == 0 and ctx.tasks.count("retrying") == 0
     counts = event_counts(ctx, ids)
     for record, events in zip(records, counts, strict=True):
-        assert record["attempts"] <= 4, record  # the first attempt and at most 3 retries
-        assert events["task.started"] == record["attempts"]
-        if record["status"] == "succeeded":
+        assert record.attempts <= 4, record  # the first attempt and at most 3 retries
+        assert events["task.started"] == record.attempts
+        if record.status == "succeeded":
             assert events["task.succeeded"] == 1 and events["task.dead_lettered"] == 0
             continue
-        error_class = record["error"]["class"]
+        error_class = record.error["class"]
         if error_class == "InvalidRequest":  # permanent: no retry after it
-            assert events["task.retrying"] == record["attempts"] - 1
+            assert events["task.retrying"] == record.attempts - 1
             assert events["task.dead_lettered"] == 1
         else:
-            assert error_class in TRANSIENT, record["error"]
-            assert record["attempts"] == 4, record
-        assert record["error"].get("provider") == "openai"
+            assert error_class in TRANSIENT, record.error
+            assert record.attempts == 4, record
+        assert record.error.get("provider") == "openai"
     reasons = Counter((e["reason"], e["error_class"]) for tid in ids for e in events_of(ctx, tid)
                       if e["type"] == "task.dead_lettered")
     # Every kind of fault really happened, and the policy really absorbed most of them.

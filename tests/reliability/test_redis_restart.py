@@ -60,7 +60,7 @@ def test_every_accepted_task_finishes_across_a_valkey_restart():
         accepted = before + after
         wait_for(lambda: summary(ctx.tasks.get_many(accepted)) == {"succeeded": len(accepted)}, timeout_s=120,
                  interval_s=0.5, what="every accepted task succeeded")
-        assert not redis_leaks(ctx.redis)  # this server is outside the per-module sweep
+        assert not redis_leaks(ctx.tasks.r)  # this server is outside the per-module sweep
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nstate: {state(ctx)}\nworker log tail:\n{worker.output()[-3000:]}") from None
     finally:

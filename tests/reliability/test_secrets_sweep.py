@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from aiintegration.commands.providers import update_provider_config
-from aiintegration.providers.base import ProviderConfig
+from aiintegration.domain.providers import ProviderConfig
 from tests.conftest import FAKE_KEYS
 from tests.support.secrets import MARKER, file_leaks, redis_leaks
 
@@ -20,19 +20,19 @@ def test_a_live_config_key_is_allowed_but_its_history_keeps_only_a_redacted_key(
     assert ctx.providers.get("vendor").api_key == KEY  # still usable
     history = ctx.providers.history("vendor")
     assert history and MARKER not in json.dumps([c.api_key for c in history])
-    assert redis_leaks(ctx.redis) == []
+    assert redis_leaks(ctx.tasks.r) == []
 
 
 def test_a_key_anywhere_else_in_redis_is_found(ctx):
-    for plant in (lambda: ctx.redis.hset("aii:task:planted", "error", f"bad key {KEY}"),
-                  lambda: ctx.redis.xadd("aii:events:planted", {"data": json.dumps({"key": KEY})}),
-                  lambda: ctx.redis.rpush("aii:dlq:planted", KEY),
-                  lambda: ctx.redis.set("aii:planted", KEY)):
+    for plant in (lambda: ctx.tasks.r.hset("aii:task:planted", "error", f"bad key {KEY}"),
+                  lambda: ctx.tasks.r.xadd("aii:events:planted", {"data": json.dumps({"key": KEY})}),
+                  lambda: ctx.tasks.r.rpush("aii:dlq:planted", KEY),
+                  lambda: ctx.tasks.r.set("aii:planted", KEY)):
         plant()
-        assert redis_leaks(ctx.redis), "a planted key went unnoticed"
-        for key in ctx.redis.scan_iter("aii:*planted"):
-            ctx.redis.delete(key)
-    assert redis_leaks(ctx.redis) == []
+        assert redis_leaks(ctx.tasks.r), "a planted key went unnoticed"
+        for key in ctx.tasks.r.scan_iter("aii:*planted"):
+            ctx.tasks.r.delete(key)
+    assert redis_leaks(ctx.tasks.r) == []
 
 
 def test_a_key_in_a_log_file_is_found_but_not_in_a_redis_data_dir(tmp_path):
@@ -45,4 +45,4 @@ def test_a_key_in_a_log_file_is_found_but_not_in_a_redis_data_dir(tmp_path):
 def test_updating_a_config_through_the_command_stores_no_key_outside_the_live_config(ctx):
     ctx.providers.put(ProviderConfig("vendor2", "local", api_key=KEY))
     update_provider_config(ctx, "vendor2", {"timeout_s": 9})
-    assert redis_leaks(ctx.redis) == []
+    assert redis_leaks(ctx.tasks.r) == []

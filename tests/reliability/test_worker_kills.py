@@ -14,7 +14,6 @@ import time
 import pytest
 
 from aiintegration.commands.create import create_generation_task
-from aiintegration.commands.sweeps import _unacked_task_ids
 from tests.reliability.conftest import CRASH_ENV, event_counts, summary, terminal_count, wait_all_terminal
 from tests.support import Beat, Worker, wait_for
 
@@ -42,7 +41,7 @@ def test_two_sigkills_lose_nothing_and_finish_nothing_twice(ctx, db):
             wait_for(lambda p=point: terminal_count(ctx) >= p and ctx.tasks.count("running") > 0,
                      timeout_s=120, interval_s=0.01, what=f"{point} finished tasks and some running")
             held = ctx.tasks.count("running")
-            taken = _unacked_task_ids(ctx)  # what the pending sweep sees as "the broker has it"
+            taken = ctx.broker.unacked_process_task_ids()  # what the pending sweep sees as "the broker has it"
             worker.kill()
             assert held > 0 and taken and taken <= set(ids), taken
         wait_all_terminal(ctx, N, timeout_s=240)
@@ -57,12 +56,12 @@ def test_two_sigkills_lose_nothing_and_finish_nothing_twice(ctx, db):
     assert all(c["task.succeeded"] == 1 for c in counts), [c for c in counts if c["task.succeeded"] != 1][:3]
     assert all(c["task.created"] == 1 for c in counts)
     # Work the killed workers held was taken over: started again, on a later attempt.
-    recovered = [r for r in records if r["attempts"] > 1]
+    recovered = [r for r in records if r.attempts > 1]
     assert recovered, "no task was running when the workers were killed"
-    assert all(c["task.started"] == r["attempts"] for c, r in zip(counts, records, strict=True))
-    assert max(r["attempts"] for r in records) <= 3
-    assert all(r["result"] for r in records)
+    assert all(c["task.started"] == r.attempts for c, r in zip(counts, records, strict=True))
+    assert max(r.attempts for r in records) <= 3
+    assert all(r.result for r in records)
     # The cluster-wide finished counter (bumped inside the completing Lua script) saw each once.
-    metrics = ctx.redis.hgetall(f"{ctx.settings.key_prefix}:metrics")
+    metrics = ctx.tasks.r.hgetall(f"{ctx.settings.key_prefix}:metrics")
     finished = sum(int(v) for k, v in metrics.items() if k.startswith("aii_tasks_finished_total|"))
     assert finished == N, {k: v for k, v in metrics.items() if "finished" in k}

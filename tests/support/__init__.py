@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import subprocess
@@ -14,8 +13,10 @@ from typing import Any
 
 from celery import Celery
 
-from aiintegration.commands.context import Context, enqueue_process_task
+from aiintegration.celery_app import CeleryPublisher
+from aiintegration.commands.context import Context
 from aiintegration.config import Settings
+from aiintegration.domain.records import TaskRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +43,27 @@ def context_for(url: str, **settings: Any) -> Context:
     s = Settings.from_env({**os.environ, "REDIS_URL": url})
     if settings:
         s = Settings(**{**s.__dict__, **settings})
-    return Context.from_settings(s, enqueue=functools.partial(enqueue_process_task, celery_for(url)))
+    return Context.build(s, CeleryPublisher(celery_for(url)))
+
+
+class RecordingPublisher:
+    """A publisher that only writes down what it was asked to send (or fails like a broker
+    that is down), for sweeps whose sends a test checks."""
+
+    def __init__(self, *, fail: bool = False):
+        self.fail = fail
+        self.task_ids: list[str] = []
+        self.dispatched: list[tuple[str, dict[str, Any]]] = []
+
+    def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None) -> None:
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.task_ids.append(task_id)
+
+    def dispatch(self, name: str, kwargs: dict[str, Any]) -> None:
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.dispatched.append((name, kwargs))
 
 
 class Worker:
@@ -145,21 +166,21 @@ def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 15, interval_s:
         time.sleep(interval_s)
 
 
-def wait_status(ctx: Context, task_id: str, statuses: Iterable[str], timeout_s: float = 15) -> dict[str, Any]:
+def wait_status(ctx: Context, task_id: str, statuses: Iterable[str], timeout_s: float = 15) -> TaskRecord:
     wanted = set(statuses)
 
-    def check() -> dict[str, Any] | None:
+    def check() -> TaskRecord | None:
         rec = ctx.tasks.get(task_id)
-        return rec if rec and rec["status"] in wanted else None
+        return rec if rec and rec.status in wanted else None
 
     try:
         return wait_for(check, timeout_s=timeout_s, what=f"task {task_id} in {sorted(wanted)}")
     except AssertionError:
         rec = ctx.tasks.get(task_id)
-        raise AssertionError(f"task {task_id} is {rec and rec['status']} (want {sorted(wanted)}): {rec}") from None
+        raise AssertionError(f"task {task_id} is {rec and rec.status} (want {sorted(wanted)}): {rec}") from None
 
 
 def events_of(ctx: Context, task_id: str) -> list[dict[str, Any]]:
     import json
 
-    return [json.loads(f["data"]) for _, f in ctx.redis.xrange(ctx.tasks.stream_key(task_id))]
+    return [json.loads(f["data"]) for _, f in ctx.tasks.r.xrange(ctx.tasks.keys.task_stream(task_id))]

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from aiintegration.domain.backoff import compute_backoff
-from aiintegration.domain.records import PUBLIC_FIELDS, decode, iso, public
-from aiintegration.domain.states import TERMINAL, TaskStatus, can_transition, is_terminal, to_broker_priority
+from aiintegration.domain.records import PUBLIC_FIELDS, TaskOptions, TaskRecord, iso
+from aiintegration.domain.states import ALLOWED_FROM, TERMINAL, TaskStatus, terminal_event, to_broker_priority
 from aiintegration.domain.submission import validate_submission
 from aiintegration.errors import PayloadTooLarge, ValidationError
 
@@ -21,19 +21,20 @@ OK = {"task_type": "text_generation", "request_content": {"prompt": "hi"}, "requ
                                      (S.RUNNING, S.DEAD_LETTERED), (S.DEAD_LETTERED, S.QUEUED),
                                      (S.QUEUED, S.CANCELLED), (S.RUNNING, S.CANCELLED)])
 def test_the_documented_transitions_are_allowed(src, dst):
-    assert can_transition(src, dst)
+    assert src in ALLOWED_FROM[dst]
 
 
 @pytest.mark.parametrize("terminal", [S.SUCCEEDED, S.CANCELLED])
 @pytest.mark.parametrize("target", [S.RUNNING, S.SUCCEEDED, S.RETRYING, S.QUEUED, S.CANCELLED])
 def test_a_finished_task_can_never_move_again(terminal, target):
-    assert not can_transition(terminal, target)
+    assert terminal not in ALLOWED_FROM[target]
 
 
 def test_cancelled_is_never_followed_by_succeeded_and_terminal_states_are_known():
-    assert not can_transition(S.CANCELLED, S.SUCCEEDED)
+    assert S.CANCELLED not in ALLOWED_FROM[S.SUCCEEDED]
     assert TERMINAL == {S.SUCCEEDED, S.CANCELLED, S.DEAD_LETTERED}
-    assert is_terminal("dead_lettered") and not is_terminal("running")
+    assert terminal_event("task.dead_lettered") and not terminal_event("task.running")
+    assert not terminal_event("chat.succeeded")
 
 
 @pytest.mark.parametrize("api,broker", [(9, 0), (0, 9), (5, 4)])
@@ -60,8 +61,8 @@ def test_retry_after_wins_when_longer_and_is_capped_separately():
 def test_a_valid_submission_gets_its_defaults():
     sub = validate_submission(**OK)
     assert sub.priority == 5 and sub.metadata == {}
-    assert sub.options == {"provider": None, "timeout_s": 300.0, "max_retries": 3, "retry_on_timeout": True,
-                           "stream": False, "callback_url": None}
+    assert sub.options.to_dict() == {"provider": None, "timeout_s": 300.0, "max_retries": 3,
+                                     "retry_on_timeout": True, "stream": False, "callback_url": None}
 
 
 @pytest.mark.parametrize("change,field", [
@@ -103,13 +104,25 @@ def test_times_are_iso_utc_with_microseconds():
 
 
 def test_a_stored_hash_decodes_to_the_public_record_shape():
-    raw = {"id": "t", "status": "queued", "priority": "7", "attempts": "0", "request_content": '{"prompt":"p"}',
-           "metadata": "{}", "options": "{}", "result": "", "error": "", "created_at": "1.25", "started_at": "",
-           "run_id": "internal"}
-    record = public(decode(raw))
+    raw = {"id": "t", "task_type": "text_generation", "requested_by": "svc", "status": "queued", "priority": "7",
+           "attempts": "0", "request_content": '{"prompt":"p"}', "metadata": "{}", "options": '{"max_retries":2}',
+           "result": "", "error": "", "created_at": "1.25", "started_at": "", "run_id": "internal",
+           "max_retries": "2", "a_field_from_a_newer_version": "x"}
+    record = TaskRecord.from_hash(raw).public()
     assert tuple(record) == PUBLIC_FIELDS
     assert record["priority"] == 7 and record["result"] is None and record["request_content"] == {"prompt": "p"}
     assert record["created_at"] == "1970-01-01T00:00:01.250000Z" and "run_id" not in record
+    assert record["max_retries"] == 2 and record["options"]["timeout_s"] == 300.0
+
+
+def test_a_record_survives_its_hash_round_trip():
+    record = TaskRecord(id="t", task_type="chat_completion", status=S.RETRYING, requested_by="svc",
+                        request_content={"messages": [{"role": "user", "content": "ü"}]}, priority=9,
+                        metadata={"k": [1, 2]}, options=TaskOptions(provider="openai", stream=True),
+                        attempts=2, error={"code": "rate_limited"}, created_at=1.5, retry_at=9.25, budget_from=1)
+    stored = {k: str(v) for k, v in record.to_hash().items()}
+    assert TaskRecord.from_hash(stored) == record
+    assert stored["max_retries"] == "3" and stored["timeout_s"] == "300.0"  # the scripts read these
 
 
 def test_the_stable_task_names_are_all_registered():
@@ -133,7 +146,7 @@ def test_cost_uses_the_models_price_then_the_providers_then_zero():
 
 def test_a_named_openai_compatible_provider_is_configured_from_the_environment():
     from aiintegration.config import Settings
-    from aiintegration.store.providers import default_configs
+    from aiintegration.domain.providers import default_configs
 
     env = {"AII_PROVIDERS": "vllm,local", "AII_PROVIDER_VLLM_BASE_URL": "http://127.0.0.1:9/v1",
            "AII_PROVIDER_VLLM_MODEL": "llama", "AII_PROVIDER_VLLM_API_KEY": "sk-vllm-0123456789abcdef",
@@ -148,7 +161,7 @@ def test_a_named_openai_compatible_provider_is_configured_from_the_environment()
 
 def test_openai_and_anthropic_take_their_model_from_the_environment_too():
     from aiintegration.config import Settings
-    from aiintegration.store.providers import default_configs
+    from aiintegration.domain.providers import default_configs
 
     env = {"AII_PROVIDERS": "openai,anthropic", "AII_PROVIDER_ANTHROPIC_MODEL": "claude-x",
            "ANTHROPIC_API_KEY": "sk-ant-0123456789abcdef", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}

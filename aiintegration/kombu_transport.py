@@ -18,14 +18,15 @@ import kombu.transport
 from kombu.transport import redis as kombu_redis
 
 
-class Channel(kombu_redis.Channel):
+class Channel(kombu_redis.Channel):  # kombu's private hooks: pinned by tests/integration/test_task_flow.py
     _shared_client: Any = None
 
     def _create_client(self, asynchronous: bool = False) -> Any:
+        parent: Any = super()
         if asynchronous:  # the BRPOP/pub-sub client is per channel already
-            return super()._create_client(asynchronous=True)
+            return parent._create_client(asynchronous=True)
         client = self._shared_client
-        if client is not None and self._pool is None and getattr(self, "_closing", False):
+        if client is not None and getattr(self, "_pool", None) is None and getattr(self, "_closing", False):
             # Closing drops the pools, then restores the unacked messages through a new
             # client; when the broker connection was lost first, kombu cannot build one
             # (AttributeError on the released connection: "Unrecoverable error", the worker
@@ -33,7 +34,7 @@ class Channel(kombu_redis.Channel):
             # kombu expects and the visibility timeout covers.
             return client
         if client is None or client.connection_pool is not self.pool:  # the pool is rebuilt after a fork
-            client = self._shared_client = super()._create_client()
+            client = self._shared_client = parent._create_client()
         return client
 
 
@@ -45,4 +46,5 @@ def use_for_redis_urls() -> None:
     """`redis://` resolves to this transport from now on (rediss:// and sentinel:// keep
     kombu's own: its TLS defaults hang on the scheme name)."""
     kombu.transport.TRANSPORT_ALIASES["redis"] = f"{__name__}:Transport"
-    kombu.transport._transport_cache.pop("redis", None)  # in case something resolved it already
+    cache: dict[str, Any] = getattr(kombu.transport, "_transport_cache", {})
+    cache.pop("redis", None)  # in case something resolved it already

@@ -1,0 +1,31 @@
+"""What /metrics reports for the whole cluster: the counters and histograms the transitions
+keep in Redis, and gauges read at scrape time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiintegration.commands.context import Context
+from aiintegration.domain.states import MAX_PRIORITY
+from aiintegration.store.metrics import ClusterMetrics
+
+BREAKER_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+
+
+@dataclass
+class Gauges:
+    queue_depth: dict[int, int]  # API priority → broker messages waiting
+    tasks: dict[str, int]  # status → records
+    dlq_size: int
+    workers_alive: int
+    breakers: dict[str, int]  # provider → 0 closed, 1 half-open, 2 open
+
+
+def cluster_metrics(ctx: Context) -> tuple[ClusterMetrics, Gauges]:
+    depth = ctx.broker.depth_by_step()
+    gauges = Gauges(
+        queue_depth={MAX_PRIORITY - step: n for step, n in enumerate(depth)},
+        tasks=ctx.tasks.counts(), dlq_size=ctx.dlq.size(), workers_alive=ctx.workers.alive(),
+        breakers={name: BREAKER_VALUE.get(ctx.breakers[name].public_state(), 0) for name in ctx.providers.order()},
+    )
+    return ctx.metrics.read(), gauges

@@ -1,0 +1,111 @@
+"""A provider's configuration, the rules for changing it, and how its key may be shown.
+
+It lives in the domain because the store keeps it and the adapters read it, and neither
+may import the other."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from aiintegration.domain.limits import MAX_API_KEY, MAX_PROVIDER_TIMEOUT_S, MIN_API_KEY, TASK_TYPES
+from aiintegration.domain.submission import is_number
+from aiintegration.errors import ValidationError
+
+PROVIDER_KINDS = ("openai", "anthropic", "openai_compatible", "local")
+CONFIG_KEYS = frozenset({"api_key", "base_url", "models", "timeout_s", "enabled"})
+
+
+def redact_key(key: str | None) -> str | None:
+    """`sk-proj-abcdef…wxyz` → `sk-…wxyz`; short keys show nothing of themselves."""
+    if not key:
+        return None
+    prefix = key.split("-", 1)[0] + "-" if "-" in key[:8] else ""
+    tail = key[-4:] if len(key) >= 16 else ""
+    return f"{prefix}…{tail}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """What a provider needs to talk to its endpoint. `api_key` is write-only: see `public()`."""
+
+    name: str
+    kind: str  # one of PROVIDER_KINDS
+    api_key: str | None = None
+    base_url: str | None = None
+    models: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: float = 120.0
+    enabled: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def with_changes(self, **changes: Any) -> ProviderConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, the key included: for the store only."""
+        return {"name": self.name, "kind": self.kind, "api_key": self.api_key, "base_url": self.base_url,
+                "models": dict(self.models), "timeout_s": self.timeout_s, "enabled": self.enabled,
+                "extra": dict(self.extra)}
+
+    def public(self) -> dict[str, Any]:
+        """The config as callers may see it: the key reduced to `sk-…abcd`."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "enabled": self.enabled,
+            "models": dict(self.models),
+            "base_url": self.base_url,
+            "api_key": redact_key(self.api_key),
+            "timeout_s": self.timeout_s,
+        }
+
+
+def validate_config_changes(config: Any) -> dict[str, Any]:
+    """An UpdateProviderConfig body → the changes to apply; every bad field named at once."""
+    errors: dict[str, str] = {}
+    if not isinstance(config, dict) or not config:
+        raise ValidationError("config must be a non-empty object", details={"config": "required"})
+    unknown = sorted(set(config) - CONFIG_KEYS)
+    if unknown:
+        errors["config"] = f"unknown field(s): {', '.join(unknown)}"
+    if "api_key" in config and not (isinstance(config["api_key"], str)
+                                    and MIN_API_KEY <= len(config["api_key"]) <= MAX_API_KEY):
+        errors["api_key"] = f"a string of {MIN_API_KEY} to {MAX_API_KEY} characters"
+    url = config.get("base_url")
+    if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+        errors["base_url"] = "an http(s) URL"
+    models = config.get("models")
+    if models is not None and not (isinstance(models, dict) and all(
+            k in TASK_TYPES and isinstance(v, str) and v for k, v in models.items())):
+        errors["models"] = f"an object mapping {', '.join(TASK_TYPES)} to model names"
+    timeout = config.get("timeout_s")
+    if timeout is not None and not (is_number(timeout) and 1 <= timeout <= MAX_PROVIDER_TIMEOUT_S):
+        errors["timeout_s"] = f"seconds from 1 to {MAX_PROVIDER_TIMEOUT_S:g}"
+    if "enabled" in config and not isinstance(config["enabled"], bool):
+        errors["enabled"] = "true or false"
+    if errors:
+        raise ValidationError("invalid provider config", details=errors)
+    return {k: v for k, v in config.items() if k in CONFIG_KEYS}
+
+
+def default_configs(names: tuple[str, ...], env: Mapping[str, str], *,
+                    local_latency_ms: float = 0) -> list[ProviderConfig]:
+    """Configs for the names in AII_PROVIDERS. `openai`, `anthropic` and `local` are known;
+    any other name is an OpenAI-compatible endpoint configured by AII_PROVIDER_<NAME>_BASE_URL
+    (and optionally _API_KEY). AII_PROVIDER_<NAME>_MODEL sets any provider's text and chat
+    model."""
+    out = []
+    for name in names:
+        upper = name.upper().replace("-", "_")
+        model = env.get(f"AII_PROVIDER_{upper}_MODEL")  # text and chat; each adapter has its default
+        models = {"text_generation": model, "chat_completion": model} if model else {}
+        if name == "local":
+            out.append(ProviderConfig("local", "local", extra={"latency_ms": local_latency_ms}))
+        elif name in ("openai", "anthropic"):
+            out.append(ProviderConfig(name, name, api_key=env.get(f"{upper}_API_KEY"),
+                                      base_url=env.get(f"{upper}_BASE_URL"), models=models))
+        else:
+            out.append(ProviderConfig(name, "openai_compatible", api_key=env.get(f"AII_PROVIDER_{upper}_API_KEY"),
+                                      base_url=env.get(f"AII_PROVIDER_{upper}_BASE_URL"), models=models))
+    return out

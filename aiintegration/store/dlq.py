@@ -1,0 +1,81 @@
+"""The dead-letter queue: one JSON entry per task in a hash (`Keys.dlq`), and an index of
+the entries still waiting for a decision (`Keys.index("dlq")`, scored by when they arrived).
+An entry is written by the transition that dead-letters its task (`TaskStore.transition`
+with `dlq_entry`), in the same atomic step."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import redis
+
+from aiintegration.domain.records import dumps
+from aiintegration.store.keys import Keys
+
+DlqEntry = dict[str, Any]
+
+
+class DlqStore:
+    def __init__(self, client: redis.Redis, *, keys: Keys):
+        self.r = client
+        self.keys = keys
+        self.index = keys.index("dlq")
+
+    def get(self, task_id: str) -> DlqEntry | None:
+        raw = cast(str | None, self.r.hget(self.keys.dlq, task_id))
+        return cast(DlqEntry, json.loads(raw)) if raw else None
+
+    def get_many(self, task_ids: Sequence[str]) -> list[DlqEntry | None]:
+        if not task_ids:
+            return []
+        raws = cast(list[str | None], self.r.hmget(self.keys.dlq, list(task_ids)))
+        return [json.loads(raw) if raw else None for raw in raws]
+
+    def put(self, entry: DlqEntry) -> None:
+        """Rewrite an entry (notes, review state); its place in the queue is unchanged."""
+        self.r.hset(self.keys.dlq, entry["task_id"], dumps(entry))
+
+    def leave(self, task_id: str, review_state: str) -> None:
+        """The entry leaves the queue (replayed, discarded): kept for the record with its new
+        review state, out of the index."""
+        entry = self.get(task_id)
+        if entry is None:
+            return
+        entry["review_state"] = review_state
+        pipe = self.r.pipeline()
+        pipe.hset(self.keys.dlq, task_id, dumps(entry))
+        pipe.zrem(self.index, task_id)
+        pipe.execute()
+
+    def waiting(self, *, before: float, limit: int) -> list[str]:
+        """Task ids still in the queue that arrived before `before`, oldest first."""
+        return cast(list[str], self.r.zrangebyscore(self.index, "-inf", before, start=0, num=limit))
+
+    def size(self) -> int:
+        return int(self.r.zcard(self.index))
+
+    def scan(self, matches: Callable[[DlqEntry], bool], *, limit: int, cursor: str | None = None,
+             max_scanned: int = 10000) -> tuple[list[DlqEntry], str | None]:
+        """Entries still in the queue that `matches`, newest first; the cursor is the score
+        of the last one returned. Bounded work per call (`max_scanned`)."""
+        max_score = f"({cursor}" if cursor else "+inf"
+        items: list[DlqEntry] = []
+        last: float | None = None
+        scanned = 0
+        while len(items) < limit and scanned < max_scanned:
+            rows = cast(list[tuple[str, float]],
+                        self.r.zrevrangebyscore(self.index, max_score, "-inf", start=0, num=200, withscores=True))
+            if not rows:
+                break
+            scanned += len(rows)
+            for (_member, score), entry in zip(rows, self.get_many([m for m, _ in rows]), strict=True):
+                last = score
+                if entry and matches(entry):
+                    items.append(entry)
+                    if len(items) == limit:
+                        break
+            max_score = f"({last!r}"
+        more = last is not None and len(items) == limit and self.r.zcount(self.index, "-inf", f"({last!r}") > 0
+        return items, (repr(last) if more else None)

@@ -1,0 +1,84 @@
+"""Every Redis key this service writes, named once (the Lua scripts in `scripts.py` build
+the same names from the prefix). Nothing outside `store/` knows a key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "aii"
+
+    # task records and their indexes (sorted sets)
+    def task(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}"
+
+    def task_stream(self, task_id: str) -> str:
+        return f"{self.prefix}:events:task:{task_id}"
+
+    @property
+    def global_stream(self) -> str:
+        return f"{self.prefix}:events"
+
+    def index(self, name: str) -> str:
+        """`tasks`, `status:<s>`, `by:<requested_by>`, `deadline`, `lease`, `retry`, `expiry`,
+        `compact`, `dlq`."""
+        return f"{self.prefix}:idx:{name}"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"
+
+    # the dead-letter queue
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}:dlq"
+
+    # chat sessions
+    def chat(self, session_id: str) -> str:
+        return f"{self.prefix}:chat:{session_id}"
+
+    def chat_messages(self, session_id: str) -> str:
+        return f"{self.prefix}:chat:{session_id}:messages"
+
+    def chat_stream(self, session_id: str) -> str:
+        return f"{self.prefix}:events:chat:{session_id}"
+
+    # providers
+    @property
+    def provider_configs(self) -> str:
+        return f"{self.prefix}:providers:config"
+
+    @property
+    def provider_order(self) -> str:
+        return f"{self.prefix}:providers:order"
+
+    @property
+    def provider_version(self) -> str:
+        return f"{self.prefix}:providers:version"
+
+    def provider_history(self, name: str) -> str:
+        return f"{self.prefix}:providers:history:{name}"
+
+    def breaker(self, name: str) -> str:
+        """pybreaker's storage namespace for one provider's breaker."""
+        return f"{self.prefix}:breaker:{name}"
+
+    def provider_outcomes(self, name: str, minute: int) -> str:
+        return f"{self.prefix}:pstats:{name}:{minute}"
+
+    # operations
+    @property
+    def metrics(self) -> str:
+        return f"{self.prefix}:metrics"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    @property
+    def sweep_stats(self) -> str:
+        return f"{self.prefix}:stats"
+
+    def lock(self, name: str) -> str:
+        return f"{self.prefix}:lock:{name}"
