@@ -18,7 +18,13 @@ them imports an SDK exception. The retry policy only ever asks "transient or not
     ├── TaskCancelled             the task was cancelled while it ran
     ├── ValidationError           bad input from a caller (HTTP 422, or 413 when too large)
     ├── NotFound                  no such task, session, DLQ entry or provider (HTTP 404)
-    └── Conflict                  the thing exists but is in the wrong state (HTTP 409)
+    ├── Conflict                  the thing exists but is in the wrong state (HTTP 409)
+    │   raised on the caller's side by aiintegration.client (never by the service):
+    ├── Unauthorized              our API refused the caller's token (HTTP 401)
+    ├── WaitTimedOut              a client stopped waiting (`wait`, chat `send`); the task goes on
+    └── TransientError ─► ServiceUnavailable   our API unreachable, dropped, or 502/503/504
+
+`error_class(name)` finds a class by its code or class name (a record's `error`).
 """
 
 from __future__ import annotations
@@ -156,3 +162,37 @@ class Conflict(AIIntegrationError):
 
     code = "conflict"
     http_status = 409
+
+
+# Raised by aiintegration.client on the caller's side (the service itself never raises them).
+
+
+class Unauthorized(AIIntegrationError):
+    """Our API refused the caller's bearer token (HTTP 401); not a provider's refusal."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class ServiceUnavailable(TransientError):
+    """Our API could not be reached, dropped the connection, or answered 502/503/504."""
+
+    code = "service_unavailable"
+
+
+class WaitTimedOut(AIIntegrationError):
+    """A client stopped waiting before the task or answer finished; the work goes on."""
+
+    code = "wait_timed_out"
+    http_status = 408
+
+
+def error_class(name: str | None) -> type[AIIntegrationError] | None:
+    """The class of the tree whose `code` or class name is `name` (a record's `error.code` or
+    `error.class`), or None."""
+    found: list[type[AIIntegrationError]] = [AIIntegrationError]
+    for cls in found:
+        if name in (cls.code, cls.__name__):
+            return cls
+        found.extend(cls.__subclasses__())
+    return None
