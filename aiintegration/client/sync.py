@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import closing
 from functools import partial
 from typing import Any, TypeVar
 
@@ -191,7 +192,7 @@ class Client:
 
     def _follow(self, path: str, *, ends: frozenset[str], last_id: str | None = None,
                 deadline: float | None = None, what: str = "the event feed",
-                done: Callable[[], bool] | None = None) -> Iterator[Event | str]:
+                done: Callable[[], bool] | None = None) -> Generator[Event | str, None, None]:
         """A feed's new events, and its heartbeat comments (str), across as many connections as
         it takes: each resumes after the last event handed out, so none is lost or repeated.
         A feed that ends at once with nothing new is over if `done()` says so (resumed past
@@ -235,27 +236,28 @@ class ChatReply(Iterator[str]):
         feed = client._follow(f"/v1/chat/sessions/{session.id}/events", ends=SESSION_ENDS,
                               last_id=session.last_event_id, deadline=deadline,
                               what=f"the answer to message {self.message_id}")
-        for item in feed:
-            if isinstance(item, str):  # a heartbeat: is the task still alive? (it may fail before any delta)
-                record = client.get(self.task_id)
-                if record["status"] in FINISHED and record["status"] != "succeeded":
-                    raise task_failure(record)
-                continue
-            data = item["data"] if isinstance(item["data"], dict) else {}
-            if item["event"] == "chat.session_closed":
-                raise Conflict("the chat session was closed before the answer completed",
-                               details={"message_id": self.message_id, "task_id": self.task_id})
-            if data.get("message_id") != self.message_id:
-                continue
-            if item["event"] == "chat.response.delta":
-                self.text += data["text"]
-                yield data["text"]
-            elif item["event"] == "chat.response.completed":
-                self.completed, self.text = data, data.get("text") or self.text
-                session.last_event_id = item["id"]
-                return
-            elif item["event"] == "chat.response.incomplete":
-                raise answer_failure(data)
+        with closing(feed):  # the feed's connection goes as soon as the answer is over
+            for item in feed:
+                if isinstance(item, str):  # a heartbeat: is the task still alive? (it may fail before any delta)
+                    record = client.get(self.task_id)
+                    if record["status"] in FINISHED and record["status"] != "succeeded":
+                        raise task_failure(record)
+                    continue
+                data = item["data"] if isinstance(item["data"], dict) else {}
+                if item["event"] == "chat.session_closed":
+                    raise Conflict("the chat session was closed before the answer completed",
+                                   details={"message_id": self.message_id, "task_id": self.task_id})
+                if data.get("message_id") != self.message_id:
+                    continue
+                if item["event"] == "chat.response.delta":
+                    self.text += data["text"]
+                    yield data["text"]
+                elif item["event"] == "chat.response.completed":
+                    self.completed, self.text = data, data.get("text") or self.text
+                    session.last_event_id = item["id"]
+                    return
+                elif item["event"] == "chat.response.incomplete":
+                    raise answer_failure(data)
 
 
 class ChatSession:
