@@ -9,7 +9,8 @@ them imports an SDK exception. The retry policy only ever asks "transient or not
     │   ├── RateLimited           429; retry_after from the provider's Retry-After
     │   ├── ProviderUnavailable   5xx, overloaded, connection refused or dropped, open breaker
     │   ├── ProviderTimeout       the provider did not answer in time
-    │   └── WebhookFailed         a webhook receiver did not accept a delivery
+    │   ├── WebhookFailed         a webhook receiver did not accept a delivery
+    │   └── ServiceUnavailable    (client side) our API unreachable, dropped, or 502/503/504
     ├── PermanentError            straight to the dead-letter queue
     │   ├── InvalidRequest        400/404/422, a request the provider will never accept
     │   ├── AuthenticationFailed  401/403
@@ -20,7 +21,13 @@ them imports an SDK exception. The retry policy only ever asks "transient or not
     ├── ValidationError           bad input from a caller (HTTP 422)
     │   └── PayloadTooLarge       over a size cap (HTTP 413)
     ├── NotFound                  no such task, session, DLQ entry or provider (HTTP 404)
-    └── Conflict                  the thing exists but is in the wrong state (HTTP 409)
+    ├── Conflict                  the thing exists but is in the wrong state (HTTP 409)
+    ├── Unauthorized              (client side) our API refused the caller's token (HTTP 401)
+    └── WaitTimedOut              (client side) a client stopped waiting; the task goes on
+
+"(client side)": raised by `aiintegration.client` in the caller's process, never by the service.
+
+`error_class(name)` finds a class by its code or class name (a record's `error`).
 """
 
 from __future__ import annotations
@@ -164,3 +171,37 @@ class Conflict(AIIntegrationError):
 
     code = "conflict"
     http_status = 409
+
+
+# Raised by aiintegration.client on the caller's side (the service itself never raises them).
+
+
+class Unauthorized(AIIntegrationError):
+    """Our API refused the caller's bearer token (HTTP 401); not a provider's refusal."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class ServiceUnavailable(TransientError):
+    """Our API could not be reached, dropped the connection, or answered 502/503/504."""
+
+    code = "service_unavailable"
+
+
+class WaitTimedOut(AIIntegrationError):
+    """A client stopped waiting before the task or answer finished; the work goes on."""
+
+    code = "wait_timed_out"
+    http_status = 408
+
+
+def error_class(name: str | None) -> type[AIIntegrationError] | None:
+    """The class of the tree whose `code` or class name is `name` (a record's `error.code` or
+    `error.class`), or None."""
+    found: list[type[AIIntegrationError]] = [AIIntegrationError]
+    for cls in found:
+        if name in (cls.code, cls.__name__):
+            return cls
+        found.extend(cls.__subclasses__())
+    return None
