@@ -50,7 +50,6 @@ class Settings:
     idempotency_ttl_s: int = 86400
     task_stream_maxlen: int = 2000
     global_stream_maxlen: int = 100000
-    flower_auth: str = ""
     webhook_secret: str = ""
     webhook_allow_private: bool = False
     log_json: bool = True
@@ -85,7 +84,6 @@ class Settings:
             pending_grace_s=_float(env, "AII_PENDING_GRACE_S", cls.pending_grace_s),
             retention_s=_int(env, "AII_RETENTION_S", cls.retention_s),
             events_compact_after_s=_float(env, "AII_EVENTS_COMPACT_AFTER_S", cls.events_compact_after_s),
-            flower_auth=env.get("AII_FLOWER_AUTH", ""),
             webhook_secret=env.get("AII_WEBHOOK_SECRET", ""),
             webhook_allow_private=env.get("AII_WEBHOOK_ALLOW_PRIVATE", "") in ("1", "true", "yes"),
             log_json=env.get("AII_LOG_FORMAT", "json") == "json",

@@ -13,7 +13,6 @@ from aiintegration.domain.limits import MAX_API_KEY, MAX_PROVIDER_TIMEOUT_S, MIN
 from aiintegration.domain.submission import is_number
 from aiintegration.errors import ValidationError
 
-PROVIDER_KINDS = ("openai", "anthropic", "openai_compatible", "local")
 CONFIG_KEYS = frozenset({"api_key", "base_url", "models", "timeout_s", "enabled"})
 
 
@@ -31,7 +30,7 @@ class ProviderConfig:
     """What a provider needs to talk to its endpoint. `api_key` is write-only: see `public()`."""
 
     name: str
-    kind: str  # one of PROVIDER_KINDS
+    kind: str  # "openai" | "anthropic" | "openai_compatible" | "local"
     api_key: str | None = None
     base_url: str | None = None
     models: Mapping[str, str] = field(default_factory=dict)

@@ -111,9 +111,6 @@ class Provider:
     def name(self) -> str:
         return self.config.name
 
-    def supports(self, task_type: str) -> bool:
-        return task_type in self.capabilities
-
     def model_for(self, request: GenerationRequest) -> str:
         return (
             request.model

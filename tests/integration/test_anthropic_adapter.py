@@ -54,6 +54,6 @@ def test_faults_map_onto_the_error_tree_without_the_key(claude, fault, error):
 
 def test_images_are_an_unsupported_capability_that_the_router_skips(claude):
     provider = claude[1]
-    assert not provider.supports("image_generation")
+    assert "image_generation" not in provider.capabilities
     with pytest.raises(errors.UnsupportedCapability):
         provider.generate(GenerationRequest("image_generation", {"prompt": "x"}, timeout_s=5))

@@ -155,7 +155,7 @@ def test_events_resume_after_the_proxy_cuts_the_feed_mid_event(aii, proxy, fake,
     with Client(proxy.url, TOKEN, retry=FAST) as client:
         events = list(client.events(task["id"]))
     assert proxy.cuts == 3 and sum(r.endswith("/events") for r in proxy.requests) == 4
-    stored = [entry_id for entry_id, _ in ctx.redis.xrange(ctx.tasks.stream_key(task["id"]))]
+    stored = [entry_id for entry_id, _ in ctx.tasks.r.xrange(ctx.tasks.keys.task_stream(task["id"]))]
     assert [e["id"] for e in events] == stored  # no gap, nothing twice, in order
     assert [e["event"] for e in events] == ["task.created", "task.started", "task.retrying", "task.started",
                                             "task.retrying", "task.started", "task.succeeded"]
