@@ -6,6 +6,7 @@ import hmac
 import logging
 from typing import Any
 
+import redis
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -83,8 +84,6 @@ def install(app: Flask, settings: Settings) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
-        import redis
-
         if isinstance(exc, redis.RedisError):
             log.error("redis unavailable: %s", type(exc).__name__)
             return error_response(503, "store_unavailable", "the task store is unavailable; try again")
