@@ -6,7 +6,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
+from aiintegration.domain.auth import TokenGrant, parse_tokens
 from aiintegration.domain.pricing import parse_prices
 
 
@@ -23,12 +25,25 @@ def _list(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in env.get(name, default).split(",") if part.strip())
 
 
+def _tokens(env: Mapping[str, str]) -> tuple[TokenGrant, ...]:
+    """AII_API_TOKENS and the file AII_API_TOKENS_FILE names, together."""
+    grants = parse_tokens(env.get("AII_API_TOKENS", ""))
+    path = env.get("AII_API_TOKENS_FILE", "").strip()
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ValueError(f"AII_API_TOKENS_FILE {path}: {exc.strerror}") from None
+        grants += parse_tokens(text)
+    return grants
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_max_connections: int = 1000  # per process; a waiting SSE client holds one
     key_prefix: str = "aii"
-    api_tokens: tuple[str, ...] = ()
+    api_tokens: tuple[TokenGrant, ...] = ()
     providers: tuple[str, ...] = ("local",)
     task_timeout_s: float = 300.0
     max_task_timeout_s: float = 3600.0
@@ -46,16 +61,20 @@ class Settings:
     pending_interval_s: float = 60.0
     pending_grace_s: float = 120.0
     retention_s: int = 604800
+    dlq_retention_s: int = 30 * 86400  # dead-lettered records and their DLQ entries
+    chat_idle_ttl_s: int = 7 * 86400  # an open chat session with no activity for this long expires
     events_compact_after_s: float = 300.0  # a finished task's event stream folds into its record
     idempotency_ttl_s: int = 86400
     task_stream_maxlen: int = 2000
     global_stream_maxlen: int = 100000
     webhook_secret: str = ""
     webhook_allow_private: bool = False
+    provider_allow_private: bool = False  # provider base_urls inside the network (self-hosted servers)
     log_json: bool = True
     prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     sse_heartbeat_s: float = 15.0
     sse_max_s: float = 3600.0
+    sse_max_per_tenant: int = 100  # event streams one tenant may hold open at once
     provider_env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -66,7 +85,7 @@ class Settings:
             redis_url=env.get("REDIS_URL") or cls.redis_url,
             redis_max_connections=_int(env, "AII_REDIS_MAX_CONNECTIONS", cls.redis_max_connections),
             key_prefix=env.get("AII_KEY_PREFIX") or cls.key_prefix,
-            api_tokens=_list(env, "AII_API_TOKENS", ""),
+            api_tokens=_tokens(env),
             providers=_list(env, "AII_PROVIDERS", "local"),
             task_timeout_s=_float(env, "AII_TASK_TIMEOUT_S", cls.task_timeout_s),
             max_retries=_int(env, "AII_MAX_RETRIES", cls.max_retries),
@@ -83,13 +102,17 @@ class Settings:
             pending_interval_s=_float(env, "AII_PENDING_INTERVAL_S", cls.pending_interval_s),
             pending_grace_s=_float(env, "AII_PENDING_GRACE_S", cls.pending_grace_s),
             retention_s=_int(env, "AII_RETENTION_S", cls.retention_s),
+            dlq_retention_s=_int(env, "AII_DLQ_RETENTION_S", cls.dlq_retention_s),
+            chat_idle_ttl_s=_int(env, "AII_CHAT_IDLE_TTL_S", cls.chat_idle_ttl_s),
             events_compact_after_s=_float(env, "AII_EVENTS_COMPACT_AFTER_S", cls.events_compact_after_s),
             webhook_secret=env.get("AII_WEBHOOK_SECRET", ""),
             webhook_allow_private=env.get("AII_WEBHOOK_ALLOW_PRIVATE", "") in ("1", "true", "yes"),
+            provider_allow_private=env.get("AII_PROVIDER_ALLOW_PRIVATE", "") in ("1", "true", "yes"),
             log_json=env.get("AII_LOG_FORMAT", "json") == "json",
             prices=parse_prices(env.get("AII_PRICES", "")),
             sse_heartbeat_s=_float(env, "AII_SSE_HEARTBEAT_S", cls.sse_heartbeat_s),
             sse_max_s=_float(env, "AII_SSE_MAX_S", cls.sse_max_s),
+            sse_max_per_tenant=_int(env, "AII_SSE_MAX_PER_TENANT", cls.sse_max_per_tenant),
             provider_env={k: v for k, v in env.items() if v and (k in keep or k.startswith("AII_PROVIDER_"))},
         )
 

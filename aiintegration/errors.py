@@ -10,6 +10,7 @@ them imports an SDK exception. The retry policy only ever asks "transient or not
     │   ├── ProviderUnavailable   5xx, overloaded, connection refused or dropped, open breaker
     │   ├── ProviderTimeout       the provider did not answer in time
     │   ├── WebhookFailed         a webhook receiver did not accept a delivery
+    │   ├── StoreUnavailable      our own store failed mid-attempt (never the provider's fault)
     │   └── ServiceUnavailable    (client side) our API unreachable, dropped, or 502/503/504
     ├── PermanentError            straight to the dead-letter queue
     │   ├── InvalidRequest        400/404/422, a request the provider will never accept
@@ -19,7 +20,12 @@ them imports an SDK exception. The retry policy only ever asks "transient or not
     ├── TaskTimedOut              an attempt ran past its deadline
     ├── TaskCancelled             the task was cancelled while it ran
     ├── ValidationError           bad input from a caller (HTTP 422)
-    │   └── PayloadTooLarge       over a size cap (HTTP 413)
+    │   ├── PayloadTooLarge       over a size cap (HTTP 413)
+    │   ├── MalformedRequest      not even readable: bad JSON, a junk Last-Event-ID (HTTP 400)
+    │   ├── IdempotencyKeyReused  the same key came with a different request (HTTP 422)
+    │   └── ApiKeyRequired        a provider's new base_url without its api_key (HTTP 422)
+    ├── Forbidden                 the caller's role may not do this (HTTP 403)
+    ├── TooManyRequests           a caller's own limit (open streams); retry_after (HTTP 429)
     ├── NotFound                  no such task, session, DLQ entry or provider (HTTP 404)
     ├── Conflict                  the thing exists but is in the wrong state (HTTP 409)
     ├── Unauthorized              (client side) our API refused the caller's token (HTTP 401)
@@ -98,6 +104,13 @@ class WebhookFailed(TransientError):
     code = "webhook_failed"
 
 
+class StoreUnavailable(TransientError):
+    """Our own store (Redis) failed during an attempt, e.g. while writing a chat answer's
+    deltas: retried, and never counted against the provider's circuit breaker."""
+
+    code = "store_unavailable"
+
+
 class PermanentError(AIIntegrationError):
     """A failure that retrying will not fix: dead-lettered at once."""
 
@@ -157,6 +170,43 @@ class PayloadTooLarge(ValidationError):
 
     code = "payload_too_large"
     http_status = 413
+
+
+class MalformedRequest(ValidationError):
+    """The request cannot be read at all (malformed JSON, a junk resume point)."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class IdempotencyKeyReused(ValidationError):
+    """An idempotency key already named a task created from a different request."""
+
+    code = "idempotency_key_reused"
+
+
+class ApiKeyRequired(ValidationError):
+    """A provider's base_url changes without a new api_key: the stored key stays with its host."""
+
+    code = "api_key_required"
+
+
+class Forbidden(AIIntegrationError):
+    """The caller is known, but its role may not do this."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class TooManyRequests(AIIntegrationError):
+    """A limit of the caller's own (e.g. open event streams); `retry_after` seconds to wait."""
+
+    code = "too_many_requests"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
 
 
 class NotFound(AIIntegrationError):

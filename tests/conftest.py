@@ -33,6 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "AII_TEST_REDIS_BASE": base, "AII_TEST_TMP": str(tmp), "REDIS_URL": f"{base}/0",
         "AII_API_TOKENS": f"{TOKEN},second-token", "AII_PROVIDERS": "local", "AII_LOG_FORMAT": "text",
         "AII_RETRY_BACKOFF_BASE_S": "0.05", "AII_RETRY_BACKOFF_MAX_S": "0.2", **FAKE_KEYS,
+        # the fake provider listens on 127.0.0.1; the hostile-client tests turn this off where it matters
+        "AII_PROVIDER_ALLOW_PRIVATE": "1",
     })
     # In-process log lines (web app, commands) go to a file the secrets sweep reads, formatted
     # as in production; worker and beat subprocesses log into the same directory.

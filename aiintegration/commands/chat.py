@@ -1,5 +1,6 @@
 """StartChatSession, SendChatMessage, CloseChatSession, and the streaming hooks that turn a
-chat task's provider stream into `chat.response.*` events on the session's stream."""
+chat task's provider stream into `chat.response.*` events on the session's stream. A session
+belongs to its caller's tenant; another tenant's session is answered like an unknown one."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from typing import Any
 from aiintegration.commands.context import Context
 from aiintegration.commands.create import create_generation_task
 from aiintegration.commands.lifecycle import cancel_task
+from aiintegration.domain.auth import TRUSTED, Caller
 from aiintegration.domain.chat import (
     CHAT_PRIORITY,
+    HISTORY_TAIL,
     check_context,
     check_message,
     check_session_fields,
@@ -25,23 +28,21 @@ from aiintegration.errors import Conflict, NotFound
 from aiintegration.providers.base import Generation
 from aiintegration.store.chat import AnswerWriter, Session
 
-# The metadata that links a chat_completion task to its session and message.
-SESSION_KEY, MESSAGE_KEY = "chat_session_id", "chat_message_id"
 
-
-def start_chat_session(ctx: Context, user_id: Any, item_id: Any, initial_context: Any) -> dict[str, Any]:
+def start_chat_session(ctx: Context, user_id: Any, item_id: Any, initial_context: Any,
+                       caller: Caller = TRUSTED) -> dict[str, Any]:
     check_session_fields(user_id, item_id)
     context = check_context(initial_context, "initial_context")
-    session = {"id": str(uuid.uuid4()), "user_id": user_id, "item_id": item_id, "context": context,
-               "status": "open", "created_at": time.time(), "closed_at": "", "close_reason": "", "inflight_task": "",
-               "messages": 0, "tokens_in": 0, "tokens_out": 0}
+    session = {"id": str(uuid.uuid4()), "tenant": caller.tenant, "user_id": user_id, "item_id": item_id,
+               "context": context, "status": "open", "created_at": time.time(), "closed_at": "", "close_reason": "",
+               "inflight_task": "", "messages": 0, "tokens_in": 0, "tokens_out": 0}
     ctx.chats.create(session)
     return get_session(ctx, session["id"])
 
 
-def _session(ctx: Context, session_id: str) -> Session:
+def _session(ctx: Context, session_id: str, caller: Caller) -> Session:
     session = ctx.chats.get(session_id)
-    if session is None:
+    if session is None or not caller.sees(session.get("tenant") or "default"):
         raise NotFound(f"no chat session {session_id}")
     return session
 
@@ -53,39 +54,42 @@ def stats(session: Session) -> dict[str, Any]:
             "duration_s": round(end - float(session["created_at"]), 3), "cost": 0.0}
 
 
-def get_session(ctx: Context, session_id: str) -> dict[str, Any]:
-    session = _session(ctx, session_id)
-    return {"id": session["id"], "user_id": session["user_id"], "item_id": session["item_id"],
+def get_session(ctx: Context, session_id: str, caller: Caller = TRUSTED) -> dict[str, Any]:
+    session = _session(ctx, session_id, caller)
+    return {"id": session["id"], "tenant": session.get("tenant") or "default", "user_id": session["user_id"],
+            "item_id": session["item_id"],
             "context": session["context"], "status": session["status"], "created_at": iso(session["created_at"]),
             "closed_at": iso(session.get("closed_at")), "close_reason": session.get("close_reason") or None,
             "history": ctx.chats.history(session_id), "stats": stats(session)}
 
 
-def send_chat_message(ctx: Context, session_id: str, message: Any, include_context: Any = None) -> dict[str, Any]:
+def send_chat_message(ctx: Context, session_id: str, message: Any, include_context: Any = None,
+                      caller: Caller = TRUSTED) -> dict[str, Any]:
     message = check_message(message)
-    session = _session(ctx, session_id)
+    session = _session(ctx, session_id, caller)
     if session["status"] != "open":
         raise Conflict("the chat session is closed", details={"status": session["status"]})
-    if include_context is not None:
+    if include_context is not None:  # checked whole, merged and sized before anything is written
         context = merged_context(session["context"], check_context(include_context, "include_context"))
         ctx.chats.update(session_id, context=context)
         session["context"] = context
     message_id = str(uuid.uuid4())
     ctx.chats.append_message(session_id, {"message_id": message_id, "role": "user", "content": message,
                                           "at": iso(time.time())})
-    messages = trimmed(context_text(session["context"]), ctx.chats.history(session_id))
+    messages = trimmed(context_text(session["context"]), ctx.chats.history(session_id, last=HISTORY_TAIL))
     task_id, _ = create_generation_task(
-        ctx, task_type="chat_completion", request_content={"messages": messages}, requested_by=f"chat:{session_id}",
-        priority=CHAT_PRIORITY, metadata={SESSION_KEY: session_id, MESSAGE_KEY: message_id},
-        options={"stream": True})
+        ctx, caller=Caller(session.get("tenant") or "default", caller.role), task_type="chat_completion",
+        request_content={"messages": messages}, requested_by=f"chat:{session_id}", priority=CHAT_PRIORITY,
+        options={"stream": True}, chat=(session_id, message_id))
     ctx.chats.update(session_id, inflight_task=task_id)
+    ctx.chats.touch(session_id)
     ctx.chats.emit(session_id, "chat.message", message_id=message_id, task_id=task_id, role="user")
     return {"message_id": message_id, "task_id": task_id}
 
 
-def close_chat_session(ctx: Context, session_id: str, close_reason: Any) -> dict[str, Any]:
+def close_chat_session(ctx: Context, session_id: str, close_reason: Any, caller: Caller = TRUSTED) -> dict[str, Any]:
     reason = close_reason.strip() if isinstance(close_reason, str) and close_reason.strip() else "closed"
-    session = _session(ctx, session_id)
+    session = _session(ctx, session_id, caller)
     if session["status"] != "open":
         raise Conflict("the chat session is already closed", details={"status": session["status"]})
     inflight = session.get("inflight_task")
@@ -111,7 +115,9 @@ class ChatStream:
 
     def __init__(self, ctx: Context, record: TaskRecord):
         self.ctx = ctx
-        self.session_id, self.message_id = record.metadata[SESSION_KEY], record.metadata[MESSAGE_KEY]
+        if record.chat_session_id is None or record.chat_message_id is None:
+            raise ValueError(f"task {record.id} answers no chat message")
+        self.session_id, self.message_id = record.chat_session_id, record.chat_message_id
         self.task_id, self.attempt, self.seq = record.id, record.attempts, 0
         self._lock, self._open = threading.Lock(), True
         self._writer: AnswerWriter = ctx.chats.answer_writer(self.session_id)
@@ -138,6 +144,7 @@ class ChatStream:
             "at": iso(time.time()), "task_id": self.task_id,
             "tokens": {"input": usage.input_tokens, "output": usage.output_tokens}},
             tokens_in=usage.input_tokens, tokens_out=usage.output_tokens)
+        self.ctx.chats.touch(self.session_id)
         self.ctx.chats.emit(self.session_id, "chat.response.completed", message_id=self.message_id,
                             task_id=self.task_id, attempt=self.attempt, text=generation.text,
                             provider=generation.provider, model=generation.model,
@@ -151,5 +158,6 @@ class ChatStream:
 
 
 def stream_for(ctx: Context, record: TaskRecord) -> ChatStream | None:
-    """The chat hooks of a task that answers a chat message; None for any other task."""
-    return ChatStream(ctx, record) if SESSION_KEY in record.metadata and MESSAGE_KEY in record.metadata else None
+    """The chat hooks of a task that answers a chat message (linked by SendChatMessage, never
+    by a caller's metadata); None for any other task."""
+    return ChatStream(ctx, record) if record.chat_session_id and record.chat_message_id else None

@@ -28,6 +28,7 @@ from aiintegration.store.keys import Keys
 from aiintegration.store.metrics import MetricsStore
 from aiintegration.store.providers import ProviderStore
 from aiintegration.store.redis_client import get_redis
+from aiintegration.store.streams import OpenFeeds
 from aiintegration.store.sweeps import SweepStore
 from aiintegration.store.tasks import TaskStore
 from aiintegration.store.workers import WorkerRegistry
@@ -67,6 +68,7 @@ class Context:
     workers: WorkerRegistry
     sweeps: SweepStore
     metrics: MetricsStore
+    feeds: OpenFeeds
     router: Router
     runner: AttemptRunner
     clock: Callable[[], float] = time.time
@@ -78,19 +80,21 @@ class Context:
         client = get_redis(s.redis_url, max_connections=s.redis_max_connections)
         keys = Keys(s.key_prefix)
         events = EventLog(client, keys=keys, maxlen=s.global_stream_maxlen)
-        providers = ProviderStore(client, keys=keys)
+        providers = ProviderStore(client, keys=keys, defaults=default_configs(
+            s.providers, s.provider_env, local_latency_ms=s.local_latency_ms))
         breakers = Breakers(s.redis_url, client, keys=keys, fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s,
                             on_change=lambda name, old, new: breaker_event(events, name, old, new))
         tasks = TaskStore(client, keys=keys, retention_s=s.retention_s, idempotency_ttl_s=s.idempotency_ttl_s,
                           task_stream_maxlen=s.task_stream_maxlen, global_stream_maxlen=s.global_stream_maxlen)
         ctx = cls(
             settings=s, publisher=publisher, tasks=tasks, dlq=DlqStore(client, keys=keys),
-            chats=ChatStore(client, keys=keys, retention_s=s.retention_s), providers=providers, events=events,
+            chats=ChatStore(client, keys=keys, retention_s=s.retention_s, idle_ttl_s=s.chat_idle_ttl_s), providers=providers, events=events,
             breakers=breakers, broker=BrokerQueue(client), workers=WorkerRegistry(client, keys=keys),
-            sweeps=SweepStore(client, keys=keys), metrics=MetricsStore(client, keys=keys), router=Router(providers, blocked_for=breakers.blocked_for),
+            sweeps=SweepStore(client, keys=keys), metrics=MetricsStore(client, keys=keys),
+            feeds=OpenFeeds(client, keys=keys), router=Router(providers, blocked_for=breakers.blocked_for),
             runner=AttemptRunner(tasks, lease_s=s.lease_s), clock=clock,
         )
-        providers.seed(default_configs(s.providers, s.provider_env, local_latency_ms=s.local_latency_ms))
+        providers.seed()
         return ctx
 
     def enqueue(self, task_id: str, priority: int, countdown: float | None = None) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from aiintegration.commands.context import Context
+from aiintegration.domain.auth import TRUSTED, Caller
 from aiintegration.domain.submission import validate_submission
 from aiintegration.errors import ValidationError
 
@@ -15,6 +17,7 @@ log = logging.getLogger(__name__)
 def create_generation_task(
     ctx: Context,
     *,
+    caller: Caller = TRUSTED,
     task_type: Any,
     request_content: Any,
     requested_by: Any,
@@ -22,15 +25,21 @@ def create_generation_task(
     metadata: Any = None,
     idempotency_key: Any = None,
     options: Any = None,
+    chat: tuple[str, str] | None = None,
 ) -> tuple[str, bool]:
-    """Returns (task id, created). With an idempotency key seen in the last 24 h, returns
-    the first task's id and creates nothing (created=False)."""
+    """Returns (task id, created). The task belongs to the caller's tenant. With an idempotency
+    key the tenant used in the last 24 h for the same request, returns the first task's id and
+    creates nothing (created=False); for a different request, IdempotencyKeyReused.
+    `chat` (session id, message id) links an answer to its chat message: SendChatMessage's
+    alone, never a caller's."""
     s = ctx.settings
     sub = validate_submission(
         task_type=task_type, request_content=request_content, requested_by=requested_by, priority=priority,
         metadata=metadata, options=options, idempotency_key=idempotency_key,
         default_timeout_s=s.task_timeout_s, max_timeout_s=s.max_task_timeout_s, default_max_retries=s.max_retries,
     )
+    sub = replace(sub, tenant=caller.tenant, chat_session_id=chat[0] if chat else None,
+                  chat_message_id=chat[1] if chat else None)
     pinned = sub.options.provider
     if pinned and not ctx.router.known(pinned):
         raise ValidationError("unknown provider", details={"options.provider": f"no provider named {pinned!r}"})

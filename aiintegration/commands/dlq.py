@@ -1,4 +1,5 @@
-"""Operator actions on the dead-letter queue: list, replay (one or filtered), annotate, discard."""
+"""Operator actions on the dead-letter queue: list, replay (one or filtered), annotate, discard.
+Every one of them is for operators; callers by task name and the CLI are trusted."""
 
 from __future__ import annotations
 
@@ -6,17 +7,19 @@ from typing import Any
 
 from aiintegration.commands.context import Context
 from aiintegration.commands.lifecycle import retry_task
+from aiintegration.domain.auth import TRUSTED, Caller
 from aiintegration.domain.limits import DEFAULT_PAGE, MAX_NOTE
 from aiintegration.domain.records import TaskRecord, iso
 from aiintegration.errors import Conflict, NotFound, ValidationError
 from aiintegration.store.dlq import DlqEntry
 
-REVIEW_STATES = ("pending", "manual_review", "requeued", "discarded")
-REVIEWABLE_STATES = ("pending", "manual_review")  # what a review may set
-FILTERS = ("provider", "error_class", "task_type", "requested_by", "review_state")
+REVIEW_STATES = ("pending", "manual_review")  # of entries in the queue; replayed or discarded ones leave it
+FILTERS = ("provider", "error_class", "task_type", "requested_by", "tenant", "review_state")
+WHAT = "the dead-letter queue"
 
 
-def get_entry(ctx: Context, task_id: str) -> DlqEntry:
+def get_entry(ctx: Context, task_id: str, caller: Caller = TRUSTED) -> DlqEntry:
+    caller.require_operator(WHAT)
     entry = ctx.dlq.get(task_id)
     if entry is None:
         raise NotFound(f"no DLQ entry for task {task_id}")
@@ -30,28 +33,29 @@ def _matches(entry: DlqEntry, filters: dict[str, Any]) -> bool:
         not filters.get("error_class") or error.get("class") == filters["error_class"],
         not filters.get("task_type") or entry.get("task_type") == filters["task_type"],
         not filters.get("requested_by") or entry.get("requested_by") == filters["requested_by"],
+        not filters.get("tenant") or entry.get("tenant", "default") == filters["tenant"],
         not filters.get("review_state") or entry.get("review_state") == filters["review_state"],
     ))
 
 
-def list_entries(ctx: Context, *, limit: int = DEFAULT_PAGE, cursor: str | None = None,
+def list_entries(ctx: Context, caller: Caller = TRUSTED, *, limit: int = DEFAULT_PAGE, cursor: str | None = None,
                  **filters: Any) -> tuple[list[DlqEntry], str | None]:
     """Entries still in the DLQ, newest first, filtered; cursor = score of the last one."""
+    caller.require_operator(WHAT)
     return ctx.dlq.scan(lambda entry: _matches(entry, filters), limit=limit, cursor=cursor)
 
 
-def replay(ctx: Context, task_id: str, reason: str = "replayed from the DLQ") -> TaskRecord:
-    entry = get_entry(ctx, task_id)
-    if entry.get("review_state") in ("requeued", "discarded"):
-        raise Conflict(f"DLQ entry is already {entry['review_state']}", details={"review_state": entry["review_state"]})
+def replay(ctx: Context, task_id: str, reason: str = "replayed from the DLQ", caller: Caller = TRUSTED) -> TaskRecord:
+    """The task runs again under its id and history, with a fresh retry budget; its entry leaves the DLQ."""
+    get_entry(ctx, task_id, caller)
     return retry_task(ctx, task_id, reason)
 
 
-def replay_matching(ctx: Context, *, limit: int = 500, **filters: Any) -> dict[str, Any]:
+def replay_matching(ctx: Context, caller: Caller = TRUSTED, *, limit: int = 500, **filters: Any) -> dict[str, Any]:
     if not any(filters.values()):
         raise ValidationError("a filter is required to replay in bulk",
                               details={"filter": f"give {', '.join(FILTERS[:-1])} or {FILTERS[-1]}"})
-    entries, _ = list_entries(ctx, limit=limit, **filters)
+    entries, _ = list_entries(ctx, caller, limit=limit, **filters)
     replayed, skipped = [], []
     for entry in entries:
         try:
@@ -62,22 +66,36 @@ def replay_matching(ctx: Context, *, limit: int = 500, **filters: Any) -> dict[s
     return {"replayed": replayed, "skipped": skipped}
 
 
-def review(ctx: Context, task_id: str, note: Any, review_state: Any = "manual_review") -> DlqEntry:
+def review(ctx: Context, task_id: str, note: Any, review_state: Any = "manual_review",
+           caller: Caller = TRUSTED) -> DlqEntry:
     if not isinstance(note, str) or not note.strip() or len(note) > MAX_NOTE:
         raise ValidationError("a note is required", details={"note": f"1 to {MAX_NOTE} characters"})
-    if review_state not in REVIEWABLE_STATES:
-        raise ValidationError("invalid review_state", details={"review_state": " or ".join(REVIEWABLE_STATES)})
-    entry = get_entry(ctx, task_id)
+    if review_state not in REVIEW_STATES:
+        raise ValidationError("invalid review_state", details={"review_state": " or ".join(REVIEW_STATES)})
+    entry = get_entry(ctx, task_id, caller)
     entry["notes"] = [*entry.get("notes", []), {"at": iso(ctx.clock()), "note": note.strip()}]
     entry["review_state"] = review_state
     ctx.dlq.put(entry)
     return entry
 
 
-def discard(ctx: Context, task_id: str) -> DlqEntry:
-    """Out of the DLQ for good: the entry is marked discarded and the record starts its
-    retention clock (it stays `dead_lettered`)."""
-    entry = get_entry(ctx, task_id)
-    ctx.dlq.leave(task_id, "discarded")
-    ctx.tasks.start_retention(task_id)
+def discard(ctx: Context, task_id: str, caller: Caller = TRUSTED) -> DlqEntry:
+    """Out of the DLQ for good: the entry is removed and the record (still `dead_lettered`)
+    starts its retention clock, leaving every index when it expires."""
+    entry = get_entry(ctx, task_id, caller)
+    ctx.dlq.remove(task_id)
+    ctx.tasks.start_retention(task_id, now=ctx.clock())
     return {**entry, "review_state": "discarded"}
+
+
+def drop_old_entries(ctx: Context, *, limit: int = 1000) -> int:
+    """Entries older than AII_DLQ_RETENTION_S leave the DLQ, and their records go within a
+    second (the cleanup sweep then drops their ids from the indexes)."""
+    now = ctx.clock()
+    old = ctx.dlq.older_than(now - ctx.settings.dlq_retention_s, limit=limit)
+    for task_id in old:
+        ctx.dlq.remove(task_id)
+        record = ctx.tasks.get(task_id)
+        if record is not None and record.status == "dead_lettered":
+            ctx.tasks.start_retention(task_id, ttl_s=1, now=now)
+    return len(old)

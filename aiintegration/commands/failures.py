@@ -25,7 +25,8 @@ def dead_letter(ctx: Context, record: TaskRecord, error: dict[str, Any], *, from
     """Move a task to the DLQ with `task.failed` and `task.dead_lettered`, atomically."""
     now = ctx.clock()
     entry: dict[str, Any] = {
-        "task_id": record.id, "task_type": record.task_type, "requested_by": record.requested_by,
+        "task_id": record.id, "task_type": record.task_type, "tenant": record.tenant,
+        "requested_by": record.requested_by,
         "provider": error.get("provider") or record.provider, "error": error,
         "attempts": record.attempts, "dead_lettered_at": iso(now), "reason": reason,
         "review_state": "pending", "auto_retries": record.auto_retries, "notes": [],

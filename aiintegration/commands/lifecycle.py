@@ -1,4 +1,6 @@
-"""CancelTask and RetryTask, and the look-ups the API, the tasks and the CLI share."""
+"""CancelTask and RetryTask, and the look-ups the API, the tasks and the CLI share. A caller
+sees only what its tenant owns unless it is an operator: another tenant's task is answered
+exactly like an unknown one."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from typing import Any
 
 from aiintegration.commands.context import Context
 from aiintegration.commands.webhooks import notify_terminal
+from aiintegration.domain.auth import TRUSTED, Caller
 from aiintegration.domain.limits import DEFAULT_PAGE, MAX_REASON, MAX_RETRY_DELAY_S
 from aiintegration.domain.records import TaskRecord
 from aiintegration.domain.states import CANCELLABLE, RETRYABLE_BY_HAND, TaskStatus
@@ -15,17 +18,23 @@ from aiintegration.errors import Conflict, NotFound, ValidationError
 S = TaskStatus
 
 
-def get_task(ctx: Context, task_id: str) -> TaskRecord:
+def get_task(ctx: Context, task_id: str, caller: Caller = TRUSTED) -> TaskRecord:
     record = ctx.tasks.get(task_id)
-    if record is None:
+    if record is None or not caller.sees(record.tenant):
         raise NotFound(f"no task {task_id}")
     return record
 
 
-def list_tasks(ctx: Context, *, status: str | None = None, requested_by: str | None = None,
-               limit: int = DEFAULT_PAGE, cursor: str | None = None) -> tuple[list[TaskRecord], str | None]:
-    """Newest first, filtered by status and/or requested_by; the cursor continues a listing."""
-    return ctx.tasks.list(status=status, requested_by=requested_by, limit=limit, cursor=cursor)
+def list_tasks(ctx: Context, caller: Caller = TRUSTED, *, tenant: str | None = None, status: str | None = None,
+               requested_by: str | None = None, limit: int = DEFAULT_PAGE,
+               cursor: str | None = None) -> tuple[list[TaskRecord], str | None]:
+    """Newest first, filtered; a client lists its own tenant's tasks, an operator every
+    tenant's (or one's, with `tenant`). The cursor continues a listing."""
+    if tenant is not None:
+        caller.require_operator("listing another tenant's tasks")
+    elif not caller.is_operator:
+        tenant = caller.tenant
+    return ctx.tasks.list(tenant=tenant, status=status, requested_by=requested_by, limit=limit, cursor=cursor)
 
 
 def task_counts(ctx: Context) -> dict[str, int]:
@@ -39,12 +48,12 @@ def reason_text(value: Any, field: str) -> str:
     return value.strip()
 
 
-def cancel_task(ctx: Context, task_id: str, cancellation_reason: Any) -> TaskRecord:
+def cancel_task(ctx: Context, task_id: str, cancellation_reason: Any, caller: Caller = TRUSTED) -> TaskRecord:
     """Queued or retrying: cancelled at once, its message dropped when pulled. Running: the
     status flips now and the worker abandons the call within one heartbeat (its result is
     discarded, so a cancelled task never becomes succeeded). Terminal: Conflict."""
     reason = reason_text(cancellation_reason, "cancellation_reason")
-    record = get_task(ctx, task_id)
+    record = get_task(ctx, task_id, caller)
     now = ctx.clock()
     done, before = ctx.tasks.transition(
         task_id, to=S.CANCELLED, allowed_from=CANCELLABLE,
@@ -59,13 +68,14 @@ def cancel_task(ctx: Context, task_id: str, cancellation_reason: Any) -> TaskRec
     return get_task(ctx, task_id)
 
 
-def retry_task(ctx: Context, task_id: str, retry_reason: Any, delay: Any = None) -> TaskRecord:
+def retry_task(ctx: Context, task_id: str, retry_reason: Any, delay: Any = None,
+               caller: Caller = TRUSTED) -> TaskRecord:
     """Manually retry a dead-lettered (or timed-out, or waiting) task under its same id, with a
     fresh automatic-retry budget. `delay` (seconds) waits before it runs."""
     reason = reason_text(retry_reason, "retry_reason")
     if delay is not None and not (is_number(delay) and 0 <= delay <= MAX_RETRY_DELAY_S):
         raise ValidationError("invalid delay", details={"delay": f"seconds from 0 to {MAX_RETRY_DELAY_S:g}"})
-    record = get_task(ctx, task_id)
+    record = get_task(ctx, task_id, caller)
     if record.status not in RETRYABLE_BY_HAND:
         raise Conflict(f"task is {record.status}; only {', '.join(sorted(RETRYABLE_BY_HAND))} tasks can be retried",
                        details={"status": record.status})
@@ -81,6 +91,6 @@ def retry_task(ctx: Context, task_id: str, retry_reason: Any, delay: Any = None)
     if not done:
         raise Conflict(f"task is {before} and cannot be retried now", details={"status": before})
     if record.status == S.DEAD_LETTERED:
-        ctx.dlq.leave(task_id, "requeued")
+        ctx.dlq.remove(task_id)
     ctx.enqueue(task_id, record.priority, wait)
     return get_task(ctx, task_id)

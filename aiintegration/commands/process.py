@@ -14,7 +14,14 @@ from aiintegration.commands.webhooks import notify_terminal
 from aiintegration.domain.pricing import estimate_cost
 from aiintegration.domain.records import TaskRecord
 from aiintegration.domain.states import TaskStatus
-from aiintegration.errors import AIIntegrationError, ProviderUnavailable, TaskTimedOut, TransientError
+from aiintegration.errors import (
+    AIIntegrationError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    StoreUnavailable,
+    TaskTimedOut,
+    TransientError,
+)
 from aiintegration.providers.base import Generation, GenerationRequest, Provider
 from aiintegration.store.metrics import Sample, counter, observation
 
@@ -30,8 +37,11 @@ def _call(provider: Provider, request: GenerationRequest, attempt: Attempt, on_d
     for piece in provider.stream(request, attempt.should_stop):
         if isinstance(piece, Generation):
             final = piece
-        else:
+            continue
+        try:
             on_delta(piece)
+        except Exception as exc:  # noqa: BLE001 - writing the delta is ours, not the provider's, to fail
+            raise StoreUnavailable(f"could not write the answer's events: {type(exc).__name__}") from exc
     if final is None:  # the stream was stopped before its end
         raise ProviderUnavailable("the stream ended early", provider=provider.name)
     return final
@@ -64,33 +74,50 @@ def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_t
             chat.close()
 
 
+def _provider_at_fault(error: AIIntegrationError | None, request: GenerationRequest, provider: Provider) -> bool | None:
+    """What an attempt's outcome says about the provider, for its circuit breaker: True (its
+    failure: 5xx, 429, connection errors, no answer within its own configured timeout), False
+    (it answered: a success, or a request it rightly refused), None (not the provider's doing:
+    the caller's deadline was shorter than the provider's timeout, or our own store failed)."""
+    if error is None:
+        return False
+    if isinstance(error, StoreUnavailable):
+        return None
+    if isinstance(error, ProviderTimeout | TaskTimedOut):
+        return request.timeout_s >= provider.config.timeout_s
+    return isinstance(error, TransientError)  # a permanent error: it answered, the request was at fault
+
+
+def _report(ctx: Context, provider: Provider, at_fault: bool | None) -> None:
+    if at_fault is True:
+        ctx.breakers[provider.name].failure()
+    elif at_fault is False:
+        ctx.breakers[provider.name].success()
+
+
 def _attempt(ctx: Context, record: TaskRecord, provider: Provider, request: GenerationRequest,
              attempt: Attempt, chat: ChatStream | None, on_delta: OnDelta | None) -> str:
     """The provider call of one claimed attempt and what its outcome makes of the task."""
     task_id, run_id = record.id, attempt.run_id
-    breaker = ctx.breakers[provider.name]
     started = time.monotonic()
     outcome = ctx.runner.run(attempt, lambda a: _call(provider, request, a, on_delta))
     if chat and (outcome.stopped or outcome.error is not None):
         chat.incomplete(outcome.stopped or type(outcome.error).__name__)
     if outcome.stopped == "timed_out":
-        breaker.failure()
         exc = TaskTimedOut(f"attempt {record.attempts} ran past its deadline", provider=provider.name)
+        _report(ctx, provider, _provider_at_fault(exc, request, provider))
         return mark_timed_out(ctx, record, run_id=run_id, exc=exc) or f"skipped:{outcome.stopped}"
     if outcome.stopped:
         return f"skipped:{outcome.stopped}"
     if outcome.error is not None:
         error = outcome.error if isinstance(outcome.error, AIIntegrationError) else ProviderUnavailable(
             f"unexpected provider failure: {type(outcome.error).__name__}", provider=provider.name)
-        if isinstance(error, TransientError):
-            breaker.failure()
-        else:
-            breaker.success()  # the provider answered; the request was at fault
+        _report(ctx, provider, _provider_at_fault(error, request, provider))
         if not isinstance(outcome.error, AIIntegrationError):
             log.error("provider raised outside the error tree", exc_info=outcome.error, extra={"task_id": task_id})
         error.provider = error.provider or provider.name
         return handle_failure(ctx, record.with_changes(provider=provider.name), error, run_id=run_id)
-    breaker.success()
+    _report(ctx, provider, False)
     generation = outcome.value
     if generation is None:  # the runner returns a value whenever it reports no error and no stop
         raise RuntimeError("an attempt finished without a result")

@@ -7,9 +7,11 @@ from dataclasses import replace
 from typing import Any
 
 from aiintegration.commands.context import Context
+from aiintegration.commands.webhooks import check_target
+from aiintegration.domain.auth import TRUSTED, Caller
 from aiintegration.domain.providers import redact_key, validate_config_changes
 from aiintegration.domain.states import TaskStatus
-from aiintegration.errors import AIIntegrationError, Conflict, NotFound, ValidationError
+from aiintegration.errors import AIIntegrationError, Conflict, NotFound, ValidationError, WebhookFailed
 from aiintegration.providers import build_provider
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,11 @@ def overview(ctx: Context) -> dict[str, Any]:
     return {"order": order, "providers": rows}
 
 
-def switch_provider(ctx: Context, from_provider: Any, to_provider: Any, reason: Any) -> dict[str, Any]:
+def switch_provider(ctx: Context, from_provider: Any, to_provider: Any, reason: Any,
+                    caller: Caller = TRUSTED) -> dict[str, Any]:
     """Move `to` ahead of `from` in the preference order and re-pin queued/retrying tasks
     pinned to `from`; running tasks finish where they are."""
+    caller.require_operator("switching providers")
     if not isinstance(reason, str) or not reason.strip():
         raise ValidationError("reason is required", details={"reason": "a non-empty string"})
     for name in (from_provider, to_provider):
@@ -60,20 +64,39 @@ def switch_provider(ctx: Context, from_provider: Any, to_provider: Any, reason: 
     return {"order": order, "repinned": repinned}
 
 
-def update_provider_config(ctx: Context, provider: Any, config: Any) -> dict[str, Any]:
+def check_provider_url(url: str, *, allow_private: bool) -> None:
+    """A provider's new base_url resolves, and only to public addresses unless allowed (the
+    live test that follows must not be a way to probe the service's own network)."""
+    try:
+        check_target(url, allow_private=allow_private)
+    except ValidationError:
+        raise ValidationError("base_url points at a private, loopback or link-local address", details={
+            "base_url": "refused (set AII_PROVIDER_ALLOW_PRIVATE=1 for self-hosted servers)"}) from None
+    except WebhookFailed:
+        raise ValidationError("base_url does not resolve", details={"base_url": "cannot be resolved"}) from None
+
+
+def update_provider_config(ctx: Context, provider: Any, config: Any, caller: Caller = TRUSTED) -> dict[str, Any]:
     """Validate, run a live connection test with the new settings, apply only if it passes,
-    keep the previous version. The API key never leaves in a response, log or event."""
+    keep the previous version. The API key never leaves in a response, log or event, and a
+    stored key is never sent to a host it was not configured for: a new `base_url` needs its
+    `api_key` in the same change, and must not point inside the network unless
+    AII_PROVIDER_ALLOW_PRIVATE is set. A failed test says what kind of failure it was, never
+    what the remote host answered."""
+    caller.require_operator("changing a provider's config")
     current = ctx.providers.get(provider) if isinstance(provider, str) else None
     if current is None:
         raise NotFound(f"unknown provider {provider!r}")
-    changes = validate_config_changes(config)
+    changes = validate_config_changes(config, current)
+    if changes.get("base_url"):
+        check_provider_url(changes["base_url"], allow_private=ctx.settings.provider_allow_private)
     candidate = current.with_changes(**changes)
     if candidate.enabled:
         try:
             build_provider(candidate).check()
         except AIIntegrationError as exc:
-            raise Conflict(f"the connection test failed: {exc.message}",
-                           details={"error": exc.to_dict(), "applied": False}) from None
+            raise Conflict(f"the connection test failed ({exc.code})", details={"error": {
+                "code": exc.code, "class": type(exc).__name__, "retryable": exc.retryable}, "applied": False}) from None
     version = ctx.providers.put(candidate)
     ctx.router.invalidate()
     changed = sorted(changes)

@@ -12,6 +12,7 @@ from functools import wraps
 from typing import Any
 
 from aiintegration.commands.context import Context
+from aiintegration.commands.dlq import drop_old_entries
 from aiintegration.commands.failures import mark_timed_out
 from aiintegration.commands.lifecycle import retry_task
 from aiintegration.domain.states import TaskStatus
@@ -103,7 +104,7 @@ def process_pending_tasks(ctx: Context, *, limit: int = 500) -> dict[str, Any]:
 def process_dead_letter_queue(ctx: Context, *, limit: int = 500) -> dict[str, Any]:
     """Each new (`pending`) DLQ entry: auto-retried when its cause was transient, its
     provider's breaker is not open and it has been auto-retried fewer than 2 times;
-    otherwise marked `manual_review`."""
+    otherwise marked `manual_review`. Entries past AII_DLQ_RETENTION_S leave with their records."""
     ids = ctx.dlq.waiting(before=ctx.clock(), limit=limit)
     retried = reviewed = 0
     for task_id, entry in zip(ids, ctx.dlq.get_many(ids), strict=True):
@@ -119,4 +120,4 @@ def process_dead_letter_queue(ctx: Context, *, limit: int = 500) -> dict[str, An
         else:
             ctx.dlq.put({**entry, "review_state": "manual_review"})
             reviewed += 1
-    return {"auto_retried": retried, "manual_review": reviewed}
+    return {"auto_retried": retried, "manual_review": reviewed, "dropped": drop_old_entries(ctx)}

@@ -7,10 +7,12 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from aiintegration.domain.json_values import check_value
 from aiintegration.domain.limits import MAX_CHAT_CONTEXT_BYTES, MAX_CHAT_MESSAGE_CHARS, MAX_NAME
 from aiintegration.errors import PayloadTooLarge, ValidationError
 
 CONTEXT_TOKENS = 8000  # history budget; the oldest turns go first, the system context stays
+HISTORY_TAIL = 400  # messages read for an answer at most: the trimming below keeps fewer
 CHARS_PER_TOKEN = 4
 CHAT_PRIORITY = 8
 Context = dict[str, Any] | str
@@ -24,6 +26,7 @@ def context_text(context: Context) -> str:
 def check_context(value: Any, field: str) -> Context:
     if not isinstance(value, dict | str):
         raise ValidationError(f"{field} must be an object or a string", details={field: "object or string"})
+    check_value(value, field)
     if len(json.dumps(value, ensure_ascii=False).encode()) > MAX_CHAT_CONTEXT_BYTES:
         raise PayloadTooLarge(f"{field} is over {MAX_CHAT_CONTEXT_BYTES // 1024} KiB", details={field: "too large"})
     return value
@@ -42,15 +45,19 @@ def check_message(message: Any) -> str:
         raise ValidationError("message must be a non-empty string", details={"message": "required"})
     if len(message) > MAX_CHAT_MESSAGE_CHARS:
         raise PayloadTooLarge(f"message is over {MAX_CHAT_MESSAGE_CHARS} characters", details={"message": "too large"})
+    check_value(message, "message")
     return message
 
 
 def merged_context(context: Context, addition: Context) -> Context:
     """`include_context` merged into the session's context: objects key by key, anything
-    else appended as text."""
+    else appended as text. A merge over the context's size cap is refused (413) before
+    anything is written."""
     if isinstance(context, dict) and isinstance(addition, dict):
-        return {**context, **addition}
-    return f"{context_text(context)}\n\n{context_text(addition)}"
+        merged: Context = {**context, **addition}
+    else:
+        merged = f"{context_text(context)}\n\n{context_text(addition)}"
+    return check_context(merged, "include_context")
 
 
 def trimmed(system: str, history: Sequence[dict[str, Any]], budget_tokens: int = CONTEXT_TOKENS) -> list[dict[str, str]]:

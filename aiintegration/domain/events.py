@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import re
 
-from aiintegration.errors import ValidationError
+from aiintegration.errors import MalformedRequest
 
-STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 FROM_START = "0-0"
+_MAX_PART = 2**64 - 1  # a Redis stream id is two unsigned 64-bit numbers
 
 
 def resume_point(last_event_id: str | None) -> str:
-    """The stream id a feed continues after: the client's `Last-Event-ID`, or the start."""
+    """The stream id a feed continues after: the client's `Last-Event-ID`, or the start.
+    Anything else is a 400 before the stream starts."""
     value = last_event_id or FROM_START
-    if not STREAM_ID.match(value):
-        raise ValidationError("Last-Event-ID must be a stream id such as 1732467600000-0",
-                              details={"Last-Event-ID": value})
+    match = STREAM_ID.match(value)
+    if not match or any(int(part) > _MAX_PART for part in match.groups()):
+        raise MalformedRequest("Last-Event-ID must be a stream id such as 1732467600000-0",
+                               details={"Last-Event-ID": value[:100]})
     return value

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiintegration.domain.limits import MAX_API_KEY, MAX_PROVIDER_TIMEOUT_S, MIN_API_KEY, TASK_TYPES
 from aiintegration.domain.submission import is_number
-from aiintegration.errors import ValidationError
+from aiintegration.errors import ApiKeyRequired, ValidationError
 
 CONFIG_KEYS = frozenset({"api_key", "base_url", "models", "timeout_s", "enabled"})
 
@@ -60,8 +60,10 @@ class ProviderConfig:
         }
 
 
-def validate_config_changes(config: Any) -> dict[str, Any]:
-    """An UpdateProviderConfig body → the changes to apply; every bad field named at once."""
+def validate_config_changes(config: Any, current: ProviderConfig | None = None) -> dict[str, Any]:
+    """An UpdateProviderConfig body → the changes to apply; every bad field named at once.
+    A `base_url` other than the current one needs an `api_key` in the same change: the
+    stored key is never sent to a host it was not configured for."""
     errors: dict[str, str] = {}
     if not isinstance(config, dict) or not config:
         raise ValidationError("config must be a non-empty object", details={"config": "required"})
@@ -85,6 +87,10 @@ def validate_config_changes(config: Any) -> dict[str, Any]:
         errors["enabled"] = "true or false"
     if errors:
         raise ValidationError("invalid provider config", details=errors)
+    moved = "base_url" in config and (current is None or config["base_url"] != current.base_url)
+    if moved and "api_key" not in config and (current is None or current.api_key):
+        raise ApiKeyRequired("a new base_url needs its api_key in the same change: the stored key is never sent "
+                             "to another host", details={"api_key": "required with a new base_url"})
     return {k: v for k, v in config.items() if k in CONFIG_KEYS}
 
 

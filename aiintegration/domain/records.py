@@ -9,13 +9,14 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from aiintegration.domain.auth import DEFAULT_TENANT
 from aiintegration.domain.states import TaskStatus
 
 Json = dict[str, Any]
 HashValue = str | int | float
 
 PUBLIC_FIELDS = (
-    "id", "task_type", "status", "priority", "requested_by", "request_content", "metadata", "options",
+    "id", "task_type", "status", "priority", "tenant", "requested_by", "request_content", "metadata", "options",
     "attempts", "max_retries", "provider", "worker_id", "result", "error",
     "created_at", "started_at", "finished_at", "updated_at", "deadline_at",
 )
@@ -65,6 +66,7 @@ class TaskRecord:
     requested_by: str
     request_content: Json
     priority: int = 5
+    tenant: str = DEFAULT_TENANT
     metadata: Json = field(default_factory=dict)
     options: TaskOptions = TaskOptions()
     attempts: int = 0
@@ -87,6 +89,9 @@ class TaskRecord:
     budget_from: int = 0  # attempts before the last manual retry: the retry budget starts there
     cost: float | None = None
     cancel_reason: str | None = None
+    # a chat_completion task answering a chat message: set by SendChatMessage only, never by callers
+    chat_session_id: str | None = None
+    chat_message_id: str | None = None
 
     @property
     def max_retries(self) -> int:
@@ -172,7 +177,7 @@ _FIELD_KINDS: dict[str, Any] = {
     "worker_id": str, "result": json.loads, "error": json.loads, "created_at": float, "started_at": float,
     "finished_at": float, "updated_at": float, "deadline_at": float, "enqueued_at": float, "retry_at": float,
     "lease_until": float, "run_id": str, "idempotency_key": str, "auto_retries": int, "budget_from": int,
-    "cost": float, "cancel_reason": str,
+    "cost": float, "cancel_reason": str, "tenant": str, "chat_session_id": str, "chat_message_id": str,
     "max_retries": int, "timeout_s": float,  # derived from the options; read back from them
 }
 _DERIVED = frozenset({"max_retries", "timeout_s"})

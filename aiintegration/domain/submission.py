@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from aiintegration.domain.auth import DEFAULT_TENANT
+from aiintegration.domain.json_values import problem
 from aiintegration.domain.limits import (
     CHAT_ROLES,
     MAX_CONTENT_BYTES,
@@ -36,6 +39,16 @@ class Submission:
     metadata: dict[str, Any] = field(default_factory=dict)
     options: TaskOptions = TaskOptions()
     idempotency_key: str | None = None
+    tenant: str = DEFAULT_TENANT
+    chat_session_id: str | None = None  # set by SendChatMessage, never from caller input
+    chat_message_id: str | None = None
+
+    def fingerprint(self) -> str:
+        """What an idempotency key is bound to: the request as validated (defaults filled in),
+        so the same request with or without its defaults spelled out is the same request."""
+        canonical = json.dumps([self.task_type, self.request_content, self.requested_by, self.priority, self.metadata,
+                                self.options.to_dict()], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
 def json_size(value: Any) -> int:
@@ -139,6 +152,11 @@ def validate_submission(
         errors["metadata"] = "must be a JSON object"
     if idempotency_key is not None and not (isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= MAX_NAME):
         errors["idempotency_key"] = f"must be a string of 1 to {MAX_NAME} characters"
+    for name, value in (("request_content", request_content), ("metadata", metadata), ("options", options),
+                        ("requested_by", requested_by), ("idempotency_key", idempotency_key)):
+        found = problem(value)  # lone surrogates, huge numbers, deep nesting: also from a Celery message
+        if found:
+            errors[name] = found
     opts = _check_options({} if options is None else options, default_timeout_s=default_timeout_s,
                           max_timeout_s=max_timeout_s, default_max_retries=default_max_retries, errors=errors)
     if errors:

@@ -29,9 +29,21 @@ return 'ok'
 
 
 class ChatStore:
-    def __init__(self, client: redis.Redis, *, keys: Keys, retention_s: int = 604800, stream_maxlen: int = 10000):
+    def __init__(self, client: redis.Redis, *, keys: Keys, retention_s: int = 604800, idle_ttl_s: int = 604800,
+                 stream_maxlen: int = 10000):
         self.r, self.keys, self.retention_s, self.maxlen = client, keys, retention_s, stream_maxlen
+        self.idle_ttl_s = idle_ttl_s
         self._close = client.register_script(CLOSE)
+
+    def _session_keys(self, session_id: str) -> list[str]:
+        return [self.keys.chat(session_id), self.keys.chat_stream(session_id), self.keys.chat_messages(session_id)]
+
+    def touch(self, session_id: str) -> None:
+        """Activity: an open session expires AII_CHAT_IDLE_TTL_S after the last one."""
+        pipe = self.r.pipeline(transaction=False)
+        for key in self._session_keys(session_id):
+            pipe.expire(key, self.idle_ttl_s)
+        pipe.execute()
 
     def event_data(self, event: str, session_id: str, **fields: Any) -> str:
         return dumps({"type": event, "at": iso(time.time()), "session_id": session_id, **fields})
@@ -43,11 +55,13 @@ class ChatStore:
         pipe.xadd(self.keys.chat_stream(sid), {"type": "chat.session_started", "data": self.event_data(
             "chat.session_started", sid, user_id=session["user_id"], item_id=session["item_id"])},
             maxlen=self.maxlen, approximate=True)
+        for key in self._session_keys(sid)[:2]:
+            pipe.expire(key, self.idle_ttl_s)
         pipe.execute()
 
     def get(self, session_id: str) -> Session | None:
         raw = cast(dict[str, str], self.r.hgetall(self.keys.chat(session_id)))
-        if not raw:
+        if not raw or not raw.get("created_at"):  # a field written after the session expired is not one
             return None
         out: Session = {k: json.loads(v) if k in JSON_FIELDS else v for k, v in raw.items()}
         for k in ("created_at", "closed_at"):
@@ -61,8 +75,10 @@ class ChatStore:
     def append_message(self, session_id: str, message: dict[str, Any]) -> None:
         self.r.rpush(self.keys.chat_messages(session_id), dumps(message))
 
-    def history(self, session_id: str) -> list[dict[str, Any]]:
-        return [json.loads(m) for m in cast(list[str], self.r.lrange(self.keys.chat_messages(session_id), 0, -1))]
+    def history(self, session_id: str, *, last: int | None = None) -> list[dict[str, Any]]:
+        """The messages, oldest first; with `last`, only that many of the latest."""
+        start = -last if last else 0
+        return [json.loads(m) for m in cast(list[str], self.r.lrange(self.keys.chat_messages(session_id), start, -1))]
 
     def record_answer(self, session_id: str, message: dict[str, Any], *, tokens_in: int, tokens_out: int) -> None:
         """The assistant's answer joins the history; the session's stats count the turn."""
@@ -94,8 +110,7 @@ class ChatStore:
     def close(self, session_id: str, reason: str, stats: dict[str, Any]) -> str:
         now = time.time()
         data = self.event_data("chat.session_closed", session_id, reason=reason, stats=stats)
-        keys = [self.keys.chat(session_id), self.keys.chat_stream(session_id), self.keys.chat_messages(session_id)]
-        return str(self._close(keys=keys, args=[now, iso(now) or "", reason, self.retention_s, self.maxlen, data]))
+        return str(self._close(keys=self._session_keys(session_id), args=[now, iso(now) or "", reason, self.retention_s, self.maxlen, data]))
 
 
 class AnswerWriter:

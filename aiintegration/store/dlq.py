@@ -1,7 +1,8 @@
-"""The dead-letter queue: one JSON entry per task in a hash (`Keys.dlq`), and an index of
-the entries still waiting for a decision (`Keys.index("dlq")`, scored by when they arrived).
-An entry is written by the transition that dead-letters its task (`TaskStore.transition`
-with `dlq_entry`), in the same atomic step."""
+"""The dead-letter queue: one JSON entry per task in a hash (`Keys.dlq`), an index of the
+entries waiting for a decision (`Keys.index("dlq")`) and one of every entry
+(`Keys.index("dlq_kept")`), both scored by when they arrived. An entry is written by the
+transition that dead-letters its task (`TaskStore.transition` with `dlq_entry`), in the same
+atomic step, and removed when the task is replayed or discarded or its retention ends."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ class DlqStore:
     def __init__(self, client: redis.Redis, *, keys: Keys):
         self.r = client
         self.keys = keys
-        self.index = keys.index("dlq")
+        self.index = keys.index("dlq")  # entries waiting for a decision
+        self.kept = keys.index("dlq_kept")  # every entry, by arrival: the retention sweep's list
 
     def get(self, task_id: str) -> DlqEntry | None:
         raw = cast(str | None, self.r.hget(self.keys.dlq, task_id))
@@ -37,17 +39,17 @@ class DlqStore:
         """Rewrite an entry (notes, review state); its place in the queue is unchanged."""
         self.r.hset(self.keys.dlq, entry["task_id"], dumps(entry))
 
-    def leave(self, task_id: str, review_state: str) -> None:
-        """The entry leaves the queue (replayed, discarded): kept for the record with its new
-        review state, out of the index."""
-        entry = self.get(task_id)
-        if entry is None:
-            return
-        entry["review_state"] = review_state
+    def remove(self, task_id: str) -> None:
+        """The entry leaves the DLQ for good (replayed, discarded, past its retention)."""
         pipe = self.r.pipeline()
-        pipe.hset(self.keys.dlq, task_id, dumps(entry))
+        pipe.hdel(self.keys.dlq, task_id)
         pipe.zrem(self.index, task_id)
+        pipe.zrem(self.kept, task_id)
         pipe.execute()
+
+    def older_than(self, before: float, *, limit: int) -> list[str]:
+        """Entries that arrived before `before`, oldest first, whatever their review state."""
+        return cast(list[str], self.r.zrangebyscore(self.kept, "-inf", before, start=0, num=limit))
 
     def waiting(self, *, before: float, limit: int) -> list[str]:
         """Task ids still in the queue that arrived before `before`, oldest first."""

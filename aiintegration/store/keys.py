@@ -67,6 +67,10 @@ class Keys:
     def provider_outcomes(self, name: str, minute: int) -> str:
         return f"{self.prefix}:pstats:{name}:{minute}"
 
+    def open_feeds(self, tenant: str) -> str:
+        """The event feeds a tenant has open (sorted set: feed id → lease end)."""
+        return f"{self.prefix}:feeds:{tenant}"
+
     # operations
     @property
     def metrics(self) -> str:

@@ -9,6 +9,8 @@ the lot and re-read only when something changed.
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Sequence
 from typing import cast
 
 import redis
@@ -18,6 +20,7 @@ from aiintegration.domain.records import dumps
 from aiintegration.store.keys import Keys
 
 HISTORY_KEEP = 20
+log = logging.getLogger(__name__)
 
 
 def config_to_json(config: ProviderConfig) -> str:
@@ -29,13 +32,15 @@ def config_from_json(raw: str) -> ProviderConfig:
 
 
 class ProviderStore:
-    def __init__(self, client: redis.Redis, *, keys: Keys):
+    def __init__(self, client: redis.Redis, *, keys: Keys, defaults: Sequence[ProviderConfig] = ()):
         self.r = client
         self.keys = keys
+        self.defaults = list(defaults)  # the environment's configs (AII_PROVIDERS), seeded when missing
 
-    def seed(self, configs: list[ProviderConfig]) -> None:
-        """Write env defaults for providers not configured yet; never overwrites a stored
-        config (an operator's UpdateProviderConfig wins over the environment)."""
+    def seed(self, configs: Sequence[ProviderConfig] | None = None) -> None:
+        """Write the environment's configs for providers not configured yet; never overwrites
+        a stored config (an operator's UpdateProviderConfig wins over the environment)."""
+        configs = self.defaults if configs is None else configs
         pipe = self.r.pipeline()
         for cfg in configs:
             pipe.hsetnx(self.keys.provider_configs, cfg.name, config_to_json(cfg))
@@ -47,8 +52,7 @@ class ProviderStore:
     def version(self) -> str:
         return str(self.r.get(self.keys.provider_version) or "0")
 
-    def snapshot(self) -> tuple[str, list[str], dict[str, ProviderConfig]]:
-        """(version, order, configs by name), read together."""
+    def _read(self) -> tuple[str, list[str], dict[str, ProviderConfig]]:
         pipe = self.r.pipeline()
         pipe.get(self.keys.provider_version)
         pipe.lrange(self.keys.provider_order, 0, -1)
@@ -56,8 +60,21 @@ class ProviderStore:
         version, order, configs = cast(tuple[str | None, list[str], dict[str, str]], tuple(pipe.execute()))
         return str(version or "0"), order, {n: config_from_json(v) for n, v in configs.items()}
 
+    def snapshot(self) -> tuple[str, list[str], dict[str, ProviderConfig]]:
+        """(version, order, configs by name), read together. When the configs or the order are
+        gone (Redis restarted without persistence, a failover to an empty replica), the
+        environment's are written back first: "no configured provider" never comes from that."""
+        version, order, configs = self._read()
+        if self.defaults and (not configs or not order):
+            log.warning("provider configs or order missing from Redis (data lost?): re-seeding from the environment")
+            self.seed()
+            version, order, configs = self._read()
+        return version, order, configs
+
     def get(self, name: str) -> ProviderConfig | None:
         raw = cast(str | None, self.r.hget(self.keys.provider_configs, name))
+        if raw is None and self.defaults and not self.r.exists(self.keys.provider_configs):
+            return self.snapshot()[2].get(name)
         return config_from_json(raw) if raw else None
 
     def put(self, config: ProviderConfig) -> int:

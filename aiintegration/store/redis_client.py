@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import cast
 from urllib.parse import urlparse
 
 import redis
@@ -23,19 +24,32 @@ log = logging.getLogger(__name__)
 RECOMMENDED_SERVER_CONFIG = {"hash-max-listpack-value": 1024, "stream-node-max-bytes": 1024}
 
 
+# Policies that may evict keys without a TTL: queued records and broker messages would vanish.
+EVICTING_POLICIES = frozenset({"allkeys-lru", "allkeys-lfu", "allkeys-random", "allkeys-lrm"})
+
+
 def check_server_config(client: redis.Redis) -> list[str]:
-    """One warning per recommended setting the server does not have (none when CONFIG GET
-    is refused, as on some managed services); each is also logged."""
+    """One warning per setting that loses data or wastes memory (none when CONFIG GET is
+    refused, as on some managed services — set them in its parameter group); each is logged."""
+    try:
+        found = cast(dict[str, str], client.config_get("*"))
+    except redis.RedisError:
+        return []
     warnings = []
     for name, wanted in RECOMMENDED_SERVER_CONFIG.items():
-        try:
-            current = client.config_get(name).get(name)
-        except redis.RedisError:
-            return []
+        current = found.get(name)
         if current is not None and current.isdigit() and int(current) != wanted:
             warnings.append(f"Redis {name} is {current}; {wanted} makes finished task records "
                             f"less than half the size (README, 'Redis settings')")
-            log.warning(warnings[-1])
+    if found.get("appendonly") == "no" and not found.get("save", "").strip():
+        warnings.append("Redis runs without persistence (appendonly no, no save points): a restart loses every "
+                        "queued task and broker message; use appendonly yes (README, 'Redis settings')")
+    policy = found.get("maxmemory-policy", "")
+    if policy in EVICTING_POLICIES:
+        warnings.append(f"Redis maxmemory-policy is {policy}: under memory pressure it evicts queued tasks and "
+                        f"broker messages; use noeviction (README, 'Redis settings')")
+    for warning in warnings:
+        log.warning(warning)
     return warnings
 
 

@@ -30,20 +30,30 @@ local function move_status(p, id, old, new, created)
 end
 """
 
-# KEYS: task, task stream, global stream, idempotency key ('' for none)
-# ARGV: prefix, id, created, idem ttl, requested_by, event data, tmax, gmax, field, value, ...
+# KEYS: task, task stream, global stream, idempotency key ('' for none; scoped to the tenant)
+# ARGV: prefix, id, created, idem ttl, requested_by, event data, tmax, gmax, tenant,
+#       request fingerprint, field, value, ...
+# Returns {1, id} (created), {0, first id} (the key named a task made from the same request)
+# or {2, first id} (the key named a task made from a different request: nothing written).
 CREATE = _EMIT + """
 local p, id = ARGV[1], ARGV[2]
 if KEYS[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
-  if existing and redis.call('EXISTS', p .. ':task:' .. existing) == 1 then return {0, existing} end
-  redis.call('SET', KEYS[4], id, 'EX', ARGV[4])
+  if existing then
+    local first, fingerprint = string.match(existing, '^([^ ]+) ?(.*)$')
+    if redis.call('EXISTS', p .. ':task:' .. first) == 1 then
+      if fingerprint ~= '' and fingerprint ~= ARGV[10] then return {2, first} end
+      return {0, first}
+    end
+  end
+  redis.call('SET', KEYS[4], id .. ' ' .. ARGV[10], 'EX', ARGV[4])
 end
 local fields = {}
-for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', p .. ':idx:tasks', ARGV[3], id)
 redis.call('ZADD', p .. ':idx:by:' .. ARGV[5], ARGV[3], id)
+redis.call('ZADD', p .. ':idx:tenant:' .. ARGV[9], ARGV[3], id)
 move_status(p, id, '', 'queued', ARGV[3])
 count(p, 'aii_tasks_created_total|task_type=' .. redis.call('HGET', KEYS[1], 'task_type'))
 emit(KEYS[2], KEYS[3], ARGV[7], ARGV[8], 'task.created', ARGV[6])
@@ -115,15 +125,16 @@ if to == 'retrying' then redis.call('ZADD', p .. ':idx:retry', ARGV[12], id)
 else redis.call('ZREM', p .. ':idx:retry', id) end
 if ARGV[13] ~= '' then
   redis.call('HSET', p .. ':dlq', id, ARGV[13])
-  redis.call('ZADD', p .. ':idx:dlq', now, id)
+  redis.call('ZADD', p .. ':idx:dlq', now, id)  -- waiting for a decision
+  redis.call('ZADD', p .. ':idx:dlq_kept', now, id)  -- every entry, for the DLQ retention
 end
 local ttl = tonumber(ARGV[7])
 if ttl > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
-  -- id|requested_by|status: enough to drop the id from every index once the record expires
-  redis.call('ZADD', p .. ':idx:expiry', tonumber(now) + ttl,
-    id .. '|' .. to .. '|' .. redis.call('HGET', KEYS[1], 'requested_by'))
+  -- 2|id|status|tenant|requested_by: enough to drop the id from every index once the record expires
+  redis.call('ZADD', p .. ':idx:expiry', tonumber(now) + ttl, '2|' .. id .. '|' .. to .. '|' ..
+    (redis.call('HGET', KEYS[1], 'tenant') or 'default') .. '|' .. redis.call('HGET', KEYS[1], 'requested_by'))
   redis.call('ZADD', p .. ':idx:compact', now, id)  -- its event stream is folded in later (COMPACT)
 elseif ttl < 0 then
   redis.call('PERSIST', KEYS[1])
@@ -198,5 +209,19 @@ local drop = {'run_id', 'lease_until', 'enqueued_at'}
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do if all[i + 1] == '' then drop[#drop + 1] = all[i] end end
 redis.call('HDEL', KEYS[1], unpack(drop))
+return 1
+"""
+
+
+# KEYS: task, task stream. ARGV: prefix, ttl, now.
+# The record and its events expire after `ttl` seconds, and it is put on the expiry index so
+# the cleanup sweep drops its id from every listing index then. Returns 1, or 0 if it is gone.
+RETAIN = """
+local p, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local id, st, tenant, by = unpack(redis.call('HMGET', KEYS[1], 'id', 'status', 'tenant', 'requested_by'))
+if not id then return 0 end
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('ZADD', p .. ':idx:expiry', now + ttl, '2|' .. id .. '|' .. st .. '|' .. (tenant or 'default') .. '|' .. by)
 return 1
 """

@@ -6,10 +6,13 @@ event with 50 busy streams (bench/RESULTS.md)."""
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 from typing import Any, cast
 
 import redis
+
+from aiintegration.store.keys import Keys
 
 Rows = list[tuple[str, dict[str, str]]]
 
@@ -87,3 +90,40 @@ class StreamReader:
             return []
         self._broken = False
         return rows
+
+
+# KEYS: the tenant's open feeds. ARGV: feed id, now, lease end, limit.
+# Forgets feeds whose lease ran out (their web process died), then takes a slot if one is
+# free. Returns 1, or 0 when the tenant already has `limit` feeds open.
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[1], 86400)
+return 1
+"""
+
+
+class OpenFeeds:
+    """How many event feeds each tenant holds open, across every web process: a slot per
+    feed, leased and renewed while it is followed, so a web process that dies frees its slots."""
+
+    def __init__(self, client: redis.Redis, *, keys: Keys, lease_s: float = 60.0):
+        self.r, self.keys, self.lease_s = client, keys, lease_s
+        self._acquire = client.register_script(_ACQUIRE)
+
+    def acquire(self, tenant: str, feed_id: str, *, limit: int) -> bool:
+        now = time.time()
+        return bool(self._acquire(keys=[self.keys.open_feeds(tenant)], args=[feed_id, now, now + self.lease_s, limit]))
+
+    def renew(self, tenant: str, feed_id: str) -> None:
+        try:
+            self.r.zadd(self.keys.open_feeds(tenant), {feed_id: time.time() + self.lease_s}, xx=True)
+        except redis.RedisError:
+            pass  # the slot's lease runs out by itself; the feed goes on
+
+    def release(self, tenant: str, feed_id: str) -> None:
+        try:
+            self.r.zrem(self.keys.open_feeds(tenant), feed_id)
+        except redis.RedisError:
+            pass  # the slot's lease runs out by itself

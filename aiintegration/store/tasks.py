@@ -20,6 +20,7 @@ import redis
 from aiintegration.domain.records import TaskRecord, dumps, encode_field, iso
 from aiintegration.domain.states import ALLOWED_FROM, FINAL, TERMINAL, TaskStatus
 from aiintegration.domain.submission import Submission
+from aiintegration.errors import IdempotencyKeyReused
 from aiintegration.store import scripts
 from aiintegration.store.keys import Keys
 from aiintegration.store.metrics import Sample, encode_samples
@@ -60,29 +61,36 @@ class TaskStore:
         self._transition = client.register_script(scripts.TRANSITION)
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
         self._compact = client.register_script(scripts.COMPACT)
+        self._retain = client.register_script(scripts.RETAIN)
 
     def _script_keys(self, task_id: str) -> list[str]:
         return [self.keys.task(task_id), self.keys.task_stream(task_id), self.keys.global_stream]
 
     # writes ----------------------------------------------------------------------------
     def create(self, sub: Submission, *, now: float | None = None) -> tuple[str, bool]:
-        """Store a new queued record. Returns (id, created); created is False when the
-        idempotency key already named a task, whose id is returned instead."""
+        """Store a new queued record. Returns (id, created); created is False when the tenant's
+        idempotency key already named a task made from the same request, whose id is returned
+        instead. The same key with a different request raises IdempotencyKeyReused."""
         now = time.time() if now is None else now
         record = TaskRecord(
             id=str(uuid.uuid4()), task_type=sub.task_type, status=S.QUEUED, requested_by=sub.requested_by,
-            request_content=sub.request_content, priority=sub.priority, metadata=sub.metadata, options=sub.options,
-            provider=sub.options.provider, created_at=now, updated_at=now, enqueued_at=now,
-            idempotency_key=sub.idempotency_key)
+            request_content=sub.request_content, priority=sub.priority, tenant=sub.tenant, metadata=sub.metadata,
+            options=sub.options, provider=sub.options.provider, created_at=now, updated_at=now, enqueued_at=now,
+            idempotency_key=sub.idempotency_key, chat_session_id=sub.chat_session_id,
+            chat_message_id=sub.chat_message_id)
         event = event_data("task.created", record.id, now, task_type=sub.task_type, priority=sub.priority,
-                           requested_by=sub.requested_by)
-        idem = self.keys.idempotency(sub.idempotency_key) if sub.idempotency_key else ""
+                           requested_by=sub.requested_by, tenant=sub.tenant)
+        idem = self.keys.idempotency(f"{sub.tenant}:{sub.idempotency_key}") if sub.idempotency_key else ""
         argv: list[Any] = [self.keys.prefix, record.id, now, self.idempotency_ttl_s, sub.requested_by, event,
-                           *self.maxlens]
+                           *self.maxlens, sub.tenant, sub.fingerprint()]
         for k, v in record.to_hash().items():
             argv += [k, v]
-        created, tid = self._create(keys=[*self._script_keys(record.id), idem], args=argv)
-        return str(tid), bool(created)
+        outcome, tid = self._create(keys=[*self._script_keys(record.id), idem], args=argv)
+        if outcome == 2:
+            raise IdempotencyKeyReused("this Idempotency-Key was already used for a different request",
+                                       details={"idempotency_key": "reused with a different body",
+                                                "task_id": str(tid)})
+        return str(tid), bool(outcome)
 
     def claim(self, task_id: str, *, worker_id: str, lease_s: float, max_processing_time: float,
               now: float | None = None) -> Claim:
@@ -142,12 +150,13 @@ class TaskStore:
         """A retrying task's message was sent again (the pending sweep): due from `now`."""
         self.r.zadd(self.keys.index("retry"), {task_id: now}, xx=True)
 
-    def start_retention(self, task_id: str) -> None:
-        """The record and its events expire after the retention period (a discarded DLQ entry)."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.expire(self.keys.task(task_id), self.retention_s)
-        pipe.expire(self.keys.task_stream(task_id), self.retention_s)
-        pipe.execute()
+    def start_retention(self, task_id: str, *, ttl_s: float | None = None, now: float | None = None) -> bool:
+        """The record and its events expire after `ttl_s` (default: the retention period) and
+        leave every index then (a discarded or too old DLQ entry). False if it is gone already."""
+        ttl = max(1, int(self.retention_s if ttl_s is None else ttl_s))
+        now = time.time() if now is None else now
+        return bool(self._retain(keys=[self.keys.task(task_id), self.keys.task_stream(task_id)],
+                                 args=[self.keys.prefix, ttl, now]))
 
     # reads -----------------------------------------------------------------------------
     def get(self, task_id: str) -> TaskRecord | None:
@@ -178,15 +187,23 @@ class TaskStore:
         """Oldest first."""
         return self._due(f"status:{status}", before=created_before, limit=limit)
 
-    def list(self, *, status: str | None = None, requested_by: str | None = None, limit: int = 50,
-             cursor: str | None = None) -> tuple[list[TaskRecord], str | None]:
-        """Newest first. The cursor is `score|id` of the last item returned."""
-        if status:
+    def list(self, *, tenant: str | None = None, status: str | None = None, requested_by: str | None = None,
+             limit: int = 50, cursor: str | None = None) -> tuple[list[TaskRecord], str | None]:
+        """Newest first, every filter applied. The cursor is `score|id` of the last item
+        returned. The narrowest index is walked; the other filters are checked per record."""
+        if tenant:
+            index = self.keys.index(f"tenant:{tenant}")
+        elif status:
             index = self.keys.index(f"status:{status}")
         elif requested_by:
             index = self.keys.index(f"by:{requested_by}")
         else:
             index = self.keys.index("tasks")
+
+        def wanted(rec: TaskRecord) -> bool:
+            return ((tenant is None or rec.tenant == tenant) and (status is None or rec.status == status)
+                    and (requested_by is None or rec.requested_by == requested_by))
+
         max_score, last_id = "+inf", None
         if cursor:
             score_s, _, last_id = cursor.partition("|")
@@ -204,7 +221,7 @@ class TaskStore:
                 max_score, last_id = repr(score), member
                 if rec is None:
                     stale.append(member)
-                elif requested_by is None or rec.requested_by == requested_by:
+                elif wanted(rec):
                     items.append((rec, f"{max_score}|{last_id}"))
                     if len(items) > limit:
                         break
@@ -235,7 +252,11 @@ class TaskStore:
             return 0
         pipe = self.r.pipeline(transaction=False)
         for member in members:
-            task_id, status, requested_by = member.split("|", 2)
+            if member.startswith("2|"):
+                _, task_id, status, tenant, requested_by = member.split("|", 4)
+                pipe.zrem(self.keys.index(f"tenant:{tenant}"), task_id)
+            else:  # written before tenants: id|status|requested_by
+                task_id, status, requested_by = member.split("|", 2)
             pipe.zrem(self.keys.index("tasks"), task_id)
             pipe.zrem(self.keys.index(f"status:{status}"), task_id)
             pipe.zrem(self.keys.index(f"by:{requested_by}"), task_id)

@@ -10,16 +10,18 @@ from aiintegration.commands import lifecycle
 from aiintegration.commands.context import get_context
 from aiintegration.commands.create import create_generation_task as create
 from aiintegration.commands.process import process_task as process
+from aiintegration.domain.auth import trusted
 from aiintegration.tasks import CALLER_ERRORS, current_worker_id, error_result, policy
 
 
 @shared_task(name="aiintegration.create_generation_task", **policy(answered=True, infra_retry=True))
 def create_generation_task(task_type: str, request_content: dict[str, Any], requested_by: str, priority: int = 5,
                            metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
-                           options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Returns {"ok": true, "id", "created"} or {"ok": false, "error"} for invalid input."""
+                           options: dict[str, Any] | None = None, tenant: str | None = None) -> dict[str, Any]:
+    """Returns {"ok": true, "id", "created"} or {"ok": false, "error"} for invalid input.
+    Callers with broker access are trusted: they name their tenant (default `celery`)."""
     try:
-        task_id, created = create(get_context(), task_type=task_type, request_content=request_content,
+        task_id, created = create(get_context(), caller=trusted(tenant), task_type=task_type, request_content=request_content,
                                   requested_by=requested_by, priority=priority, metadata=metadata,
                                   idempotency_key=idempotency_key, options=options)
     except CALLER_ERRORS as exc:

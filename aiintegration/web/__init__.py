@@ -14,7 +14,7 @@ from aiintegration.commands.context import Context
 from aiintegration.config import Settings, get_settings
 from aiintegration.domain.limits import MAX_BODY_BYTES
 from aiintegration.logs import configure
-from aiintegration.web import chat, errors, health, metrics, operations, tasks
+from aiintegration.web import auth, chat, errors, health, metrics, operations, tasks
 
 
 class ErrorDetail(Schema):
@@ -66,7 +66,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     api.register_blueprint(chat.blp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
-    errors.install(app, ctx.settings)
+    auth.install(app, ctx.settings.api_tokens)
+    errors.install(app)
     return app
 
 

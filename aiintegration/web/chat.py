@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, jsonify
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from aiintegration.commands import chat, feeds
 from aiintegration.domain import limits
-from aiintegration.web.current import context
+from aiintegration.web.blueprint import Blueprint
+from aiintegration.web.current import caller, context
 from aiintegration.web.events import last_event_id, sse
 from aiintegration.web.responses import MessageAcceptedSchema, SessionSchema
 
@@ -50,7 +50,8 @@ def _json(payload: Any, status: int = 200) -> Response:
 @blp.doc(**SECURED)
 def start(body: dict[str, Any]) -> Response:
     """Start a session (StartChatSession); the context becomes the system prompt."""
-    return _json(chat.start_chat_session(context(), body["user_id"], body["item_id"], body["initial_context"]), 201)
+    return _json(chat.start_chat_session(context(), body["user_id"], body["item_id"], body["initial_context"],
+                                         caller()), 201)
 
 
 @blp.route("/<uuid:session_id>")
@@ -58,7 +59,7 @@ def start(body: dict[str, Any]) -> Response:
 @blp.doc(**SECURED)
 def get(session_id: Any) -> Response:
     """The session with its history and stats."""
-    return _json(chat.get_session(context(), str(session_id)))
+    return _json(chat.get_session(context(), str(session_id), caller()))
 
 
 @blp.route("/<uuid:session_id>/messages", methods=["POST"])
@@ -67,7 +68,8 @@ def get(session_id: Any) -> Response:
 @blp.doc(**SECURED)
 def message(body: dict[str, Any], session_id: Any) -> Response:
     """Send a message (SendChatMessage); the answer streams on the session's events."""
-    return _json(chat.send_chat_message(context(), str(session_id), body["message"], body.get("include_context")), 202)
+    return _json(chat.send_chat_message(context(), str(session_id), body["message"], body.get("include_context"),
+                                        caller()), 202)
 
 
 @blp.route("/<uuid:session_id>/close", methods=["POST"])
@@ -76,11 +78,11 @@ def message(body: dict[str, Any], session_id: Any) -> Response:
 @blp.doc(**SECURED)
 def close(body: dict[str, Any], session_id: Any) -> Response:
     """Close the session (CloseChatSession): cancels an answer in flight, returns the stats."""
-    return _json(chat.close_chat_session(context(), str(session_id), body["close_reason"]))
+    return _json(chat.close_chat_session(context(), str(session_id), body["close_reason"], caller()))
 
 
 @blp.route("/<uuid:session_id>/events")
 @blp.doc(**SECURED)
 def events(session_id: Any) -> Response:
     """SSE: chat.message, chat.response.delta/completed/incomplete, chat.session_closed."""
-    return sse(feeds.open_session_feed(context(), str(session_id), last_event_id()))
+    return sse(feeds.open_session_feed(context(), str(session_id), last_event_id(), caller()))

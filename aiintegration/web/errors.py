@@ -1,16 +1,15 @@
-"""Every error leaves as `{"error": {"code", "message", "details"}}`, and `/v1` needs a token."""
+"""Every error leaves as `{"error": {"code", "message", "details"}}`."""
 
 from __future__ import annotations
 
-import hmac
 import logging
+import math
 from typing import Any
 
 import redis
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from aiintegration.config import Settings
 from aiintegration.errors import AIIntegrationError
 
 log = logging.getLogger(__name__)
@@ -44,30 +43,13 @@ def _flatten(messages: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def install(app: Flask, settings: Settings) -> None:
-    tokens = [t.encode() for t in settings.api_tokens]
-    if not tokens:
-        log.warning("AII_API_TOKENS is empty: every /v1 request will be refused")
-
-    @app.before_request
-    def require_token() -> Response | None:
-        if not request.path.startswith("/v1"):
-            return None
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        given = token.strip().encode()
-        # Compare against every token so timing says nothing about which one nearly matched.
-        ok = scheme.lower() == "bearer" and bool(given) and any(
-            [hmac.compare_digest(given, t) for t in tokens])
-        if not ok:
-            return error_response(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required",
-                                  headers={"WWW-Authenticate": "Bearer"})
-        return None
-
+def install(app: Flask) -> None:
     @app.errorhandler(AIIntegrationError)
     def domain_error(exc: AIIntegrationError) -> Response:
         status = exc.http_status if 400 <= exc.http_status < 500 else 503
-        return error_response(status, exc.code, exc.message, exc.details)
+        wait = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(max(1, math.ceil(wait)))} if status == 429 and wait else None
+        return error_response(status, exc.code, exc.message, exc.details, headers=headers)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

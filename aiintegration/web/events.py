@@ -60,8 +60,10 @@ def sse(feed: Feed) -> Response:
                 return "".join(out), last_id, True
         return "".join(out), last_id, False
 
+    feed.open()  # before the response starts: a store without a free connection is a JSON 503
+
     def generate() -> Iterator[str]:
-        with feed:
+        try:
             last, until = feed.after, time.monotonic() + max_s
             next_beat = time.monotonic() + heartbeat_s
             idle = True
@@ -88,6 +90,10 @@ def sse(feed: Feed) -> Response:
                 yield text
                 if ended:
                     return
+        finally:
+            feed.close()
 
-    return Response(stream_with_context(generate()), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response = Response(stream_with_context(generate()), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response.call_on_close(feed.close)  # also when the stream never started
+    return response

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, jsonify
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from aiintegration.commands import dlq, providers
 from aiintegration.domain import limits
+from aiintegration.domain.auth import TENANT_NAME
 from aiintegration.domain.limits import TASK_TYPES
-from aiintegration.web.current import context
+from aiintegration.web.blueprint import Blueprint
+from aiintegration.web.current import caller, context
 from aiintegration.web.responses import (
     DlqEntrySchema,
     DlqListSchema,
@@ -31,6 +32,7 @@ class DlqFilterSchema(Schema):
     error_class = fields.String(validate=validate.Length(max=100))
     task_type = fields.String(validate=validate.OneOf(TASK_TYPES))
     requested_by = fields.String(validate=validate.Length(max=limits.MAX_NAME))
+    tenant = fields.String(validate=validate.Regexp(TENANT_NAME))
     review_state = fields.String(validate=validate.OneOf(dlq.REVIEW_STATES))
 
 
@@ -45,7 +47,7 @@ class ReplaySchema(Schema):
 
 class ReviewSchema(Schema):
     note = fields.String(required=True, validate=validate.Length(min=1, max=limits.MAX_NOTE))
-    review_state = fields.String(load_default="manual_review", validate=validate.OneOf(dlq.REVIEWABLE_STATES))
+    review_state = fields.String(load_default="manual_review", validate=validate.OneOf(dlq.REVIEW_STATES))
 
 
 class ProviderConfigSchema(Schema):
@@ -79,7 +81,8 @@ def _json(payload: Any, status: int = 200) -> Response:
 def list_dlq(query: dict[str, Any]) -> Response:
     """DLQ entries, newest first, filtered."""
     cursor = query.pop("cursor", None)
-    items, next_cursor = dlq.list_entries(context(), cursor=repr(cursor) if cursor is not None else None, **query)
+    items, next_cursor = dlq.list_entries(context(), caller(), cursor=repr(cursor) if cursor is not None else None,
+                                          **query)
     return _json({"items": items, "next_cursor": next_cursor})
 
 
@@ -89,7 +92,7 @@ def list_dlq(query: dict[str, Any]) -> Response:
 @blp.doc(**SECURED)
 def replay_one(body: dict[str, Any], task_id: Any) -> Response:
     """Requeue one dead-lettered task under its same id and history."""
-    return _json(dlq.replay(context(), str(task_id), body["reason"]).public(), 202)
+    return _json(dlq.replay(context(), str(task_id), body["reason"], caller()).public(), 202)
 
 
 @blp.route("/dlq/replay", methods=["POST"])
@@ -98,7 +101,7 @@ def replay_one(body: dict[str, Any], task_id: Any) -> Response:
 @blp.doc(**SECURED)
 def replay_filtered(body: dict[str, Any]) -> Response:
     """Requeue every entry matching the filter (at least one filter field)."""
-    return _json(dlq.replay_matching(context(), **body), 202)
+    return _json(dlq.replay_matching(context(), caller(), **body), 202)
 
 
 @blp.route("/dlq/<uuid:task_id>/review", methods=["POST"])
@@ -107,7 +110,7 @@ def replay_filtered(body: dict[str, Any]) -> Response:
 @blp.doc(**SECURED)
 def review(body: dict[str, Any], task_id: Any) -> Response:
     """Annotate an entry (and mark it for manual review)."""
-    return _json(dlq.review(context(), str(task_id), body["note"], body["review_state"]))
+    return _json(dlq.review(context(), str(task_id), body["note"], body["review_state"], caller()))
 
 
 @blp.route("/dlq/<uuid:task_id>", methods=["DELETE"])
@@ -115,7 +118,7 @@ def review(body: dict[str, Any], task_id: Any) -> Response:
 @blp.doc(**SECURED)
 def discard(task_id: Any) -> Response:
     """Discard an entry: it leaves the DLQ and the record starts its retention clock."""
-    return _json(dlq.discard(context(), str(task_id)))
+    return _json(dlq.discard(context(), str(task_id), caller()))
 
 
 @blp.route("/providers")
@@ -132,7 +135,7 @@ def list_providers() -> Response:
 @blp.doc(**SECURED)
 def update_config(body: dict[str, Any], name: str) -> Response:
     """Validate, live-test and apply a provider config (UpdateProviderConfig)."""
-    return _json(providers.update_provider_config(context(), name, body))
+    return _json(providers.update_provider_config(context(), name, body, caller()))
 
 
 @blp.route("/providers/switch", methods=["POST"])
@@ -141,4 +144,5 @@ def update_config(body: dict[str, Any], name: str) -> Response:
 @blp.doc(**SECURED)
 def switch(body: dict[str, Any]) -> Response:
     """Put `to_provider` ahead of `from_provider` (SwitchProvider)."""
-    return _json(providers.switch_provider(context(), body["from_provider"], body["to_provider"], body["reason"]))
+    return _json(providers.switch_provider(context(), body["from_provider"], body["to_provider"], body["reason"],
+                                           caller()))

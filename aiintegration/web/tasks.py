@@ -7,15 +7,16 @@ from typing import Any
 
 from flask import Response, jsonify, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from aiintegration.commands import feeds, lifecycle
 from aiintegration.commands.create import create_generation_task
 from aiintegration.domain import limits
+from aiintegration.domain.auth import TENANT_NAME
 from aiintegration.domain.records import PUBLIC_FIELDS, TIME_FIELDS, TaskOptions, TaskRecord
 from aiintegration.domain.states import MAX_PRIORITY, MIN_PRIORITY, TaskStatus
-from aiintegration.web.current import context
+from aiintegration.web.blueprint import Blueprint
+from aiintegration.web.current import caller, context
 from aiintegration.web.events import last_event_id, sse
 
 blp = Blueprint("tasks", __name__, url_prefix="/v1/tasks", description="Generation tasks")
@@ -98,6 +99,7 @@ CURSOR = (r"^-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][+-]?[0-9]{1,2})?"  # always a fi
 
 
 class ListQuerySchema(Schema):
+    tenant = fields.String(validate=validate.Regexp(TENANT_NAME), metadata={"description": "operators only"})
     status = fields.String(validate=validate.OneOf(STATUSES))
     requested_by = fields.String(validate=validate.Length(min=1, max=limits.MAX_NAME))
     limit = fields.Integer(load_default=limits.DEFAULT_PAGE, validate=validate.Range(min=1, max=limits.MAX_PAGE))
@@ -126,12 +128,12 @@ class Tasks(MethodView):
         options = {k: v for k, v in body.get("options", {}).items() if v is not None}
         ctx = context()
         task_id, created = create_generation_task(
-            ctx, task_type=body["task_type"], request_content=body["request_content"],
+            ctx, caller=caller(), task_type=body["task_type"], request_content=body["request_content"],
             requested_by=body["requested_by"], priority=body["priority"], metadata=body["metadata"],
             idempotency_key=key, options=options,
         )
         if not created:
-            return _json(lifecycle.get_task(ctx, task_id).public(), 200)
+            return _json(lifecycle.get_task(ctx, task_id, caller()).public(), 200)
         resp = _json({"id": task_id, "status": "queued"}, 202)
         resp.headers["Location"] = f"/v1/tasks/{task_id}"
         return resp
@@ -140,8 +142,8 @@ class Tasks(MethodView):
     @blp.response(200, TaskListSchema)
     @blp.doc(security=[{"bearer": []}])
     def get(self, query: dict[str, Any]) -> Any:
-        """List tasks, newest first, filtered by status and/or requested_by."""
-        items, cursor = lifecycle.list_tasks(context(), status=query.get("status"),
+        """List tasks, newest first, filtered by status and/or requested_by (`tenant`: operators only)."""
+        items, cursor = lifecycle.list_tasks(context(), caller(), tenant=query.get("tenant"), status=query.get("status"),
                                              requested_by=query.get("requested_by"), limit=query["limit"],
                                              cursor=query.get("cursor"))
         return _json({"items": [r.public() for r in items], "next_cursor": cursor}, 200)
@@ -152,7 +154,7 @@ class Tasks(MethodView):
 @blp.doc(security=[{"bearer": []}])
 def get_task(task_id: Any) -> Any:
     """Status lookup: the record, with `result` once succeeded and `error` once failed."""
-    return _json(lifecycle.get_task(context(), str(task_id)).public(), 200)
+    return _json(lifecycle.get_task(context(), str(task_id), caller()).public(), 200)
 
 
 @blp.route("/<uuid:task_id>/cancel", methods=["POST"])
@@ -161,7 +163,7 @@ def get_task(task_id: Any) -> Any:
 @blp.doc(security=[{"bearer": []}])
 def cancel(body: dict[str, Any], task_id: Any) -> Any:
     """Cancel a queued or running task (CancelTask); 409 if it already finished."""
-    return _json(lifecycle.cancel_task(context(), str(task_id), body["cancellation_reason"]).public(), 202)
+    return _json(lifecycle.cancel_task(context(), str(task_id), body["cancellation_reason"], caller()).public(), 202)
 
 
 @blp.route("/<uuid:task_id>/retry", methods=["POST"])
@@ -170,14 +172,15 @@ def cancel(body: dict[str, Any], task_id: Any) -> Any:
 @blp.doc(security=[{"bearer": []}])
 def retry(body: dict[str, Any], task_id: Any) -> Any:
     """Retry a dead-lettered or timed-out task under the same id (RetryTask)."""
-    return _json(lifecycle.retry_task(context(), str(task_id), body["retry_reason"], body.get("delay")).public(), 202)
+    return _json(lifecycle.retry_task(context(), str(task_id), body["retry_reason"], body.get("delay"),
+                                      caller()).public(), 202)
 
 
 @blp.route("/<uuid:task_id>/events")
 @blp.doc(security=[{"bearer": []}])
 def task_events(task_id: Any) -> Response:
     """SSE stream of the task's events; ends after its terminal event."""
-    return sse(feeds.open_task_feed(context(), str(task_id), last_event_id()))
+    return sse(feeds.open_task_feed(context(), str(task_id), last_event_id(), caller()))
 
 
 def _json(payload: dict[str, Any], status: int) -> Response:

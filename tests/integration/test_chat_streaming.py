@@ -101,7 +101,7 @@ def test_a_task_feed_ends_after_its_terminal_event_and_rejects_bad_resume_ids(se
     assert [e["event"] for e in events] == ["task.created", "task.started", "task.succeeded"]
     assert events[0]["data"]["task_id"] == task_id and events[0]["data"]["at"].endswith("Z")
     bad = httpx.get(f"{server}/v1/tasks/{task_id}/events", headers={**AUTH, "Last-Event-ID": "nonsense"})
-    assert bad.status_code == 422
+    assert bad.status_code == 400
     assert httpx.get(f"{server}/v1/tasks/{task_id}/events").status_code == 401
 
 
@@ -121,7 +121,7 @@ def test_a_late_delta_from_a_stopped_call_never_follows_the_incomplete_event(ctx
     idle_before = in_use()
     stream = ChatStream(ctx, TaskRecord(id="task-late", task_type="chat_completion", status=TaskStatus.RUNNING,
                                         requested_by="test", request_content={}, attempts=1,
-                                        metadata={"chat_session_id": sid, "chat_message_id": "m-late"}))
+                                        chat_session_id=sid, chat_message_id="m-late"))
     stream.delta("one")
     stream.delta("two")
     assert in_use() == idle_before + 1  # the answer's deltas go through its one connection

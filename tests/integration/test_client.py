@@ -13,9 +13,11 @@ import pytest
 import stamina
 
 from aiintegration.client import AsyncClient, CeleryClient, Client, RetryPolicy
+from aiintegration.domain.providers import ProviderConfig
 from aiintegration.embedded import free_port
 from aiintegration.errors import (
     Conflict,
+    IdempotencyKeyReused,
     InvalidRequest,
     NotFound,
     PermanentError,
@@ -26,7 +28,6 @@ from aiintegration.errors import (
     ValidationError,
     WaitTimedOut,
 )
-from aiintegration.providers.base import ProviderConfig
 from tests.conftest import TOKEN
 from tests.fake_provider import FakeProvider, Fault
 from tests.support import Web, Worker, redis_url
@@ -292,8 +293,10 @@ def test_the_celery_client_submits_cancels_and_retries_by_task_name(aii, db):
         reply = by_name.submit(request_content=PROMPT, requested_by="billing-service", priority=9,
                                idempotency_key="by-name-1")
         assert reply["created"] is True and by_name.submit(
-            request_content=PROMPT, requested_by="billing-service", idempotency_key="by-name-1") == \
+            request_content=PROMPT, requested_by="billing-service", priority=9, idempotency_key="by-name-1") == \
             {"id": reply["id"], "created": False}
+        with pytest.raises(IdempotencyKeyReused):  # the same key with another request
+            by_name.submit(request_content=PROMPT, requested_by="billing-service", idempotency_key="by-name-1")
         record = aii.wait(reply["id"], timeout=15)
         assert record["priority"] == 9 and record["requested_by"] == "billing-service"
         with pytest.raises(Conflict) as finished:

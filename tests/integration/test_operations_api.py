@@ -32,7 +32,7 @@ def test_a_dead_lettered_task_can_be_listed_reviewed_and_replayed_once(client, a
     replayed = client.post(f"/v1/dlq/{task_id}/replay", json={}, headers=auth)
     assert replayed.status_code == 202 and replayed.json["status"] == "queued" and replayed.json["id"] == task_id
     again = client.post(f"/v1/dlq/{task_id}/replay", json={}, headers=auth)
-    assert again.status_code == 409
+    assert again.status_code == 404  # a replayed entry leaves the DLQ
     assert task_id not in [i["task_id"] for i in client.get("/v1/dlq", headers=auth).json["items"]]
 
 
@@ -49,7 +49,7 @@ def test_bulk_replay_takes_only_the_matching_entries_and_needs_a_filter(client, 
 def test_discarding_an_entry_removes_it_and_unknown_entries_are_404(client, auth, ctx):
     task_id = dead_task(ctx, InvalidRequest("nope", provider="local"))
     assert client.delete(f"/v1/dlq/{task_id}", headers=auth).json["review_state"] == "discarded"
-    assert client.post(f"/v1/dlq/{task_id}/replay", json={}, headers=auth).status_code == 409
+    assert client.post(f"/v1/dlq/{task_id}/replay", json={}, headers=auth).status_code == 404
     assert client.delete("/v1/dlq/00000000-0000-4000-8000-000000000000", headers=auth).status_code == 404
 
 
