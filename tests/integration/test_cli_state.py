@@ -90,13 +90,19 @@ def test_a_redis_that_refuses_or_errors_is_one_line_too_and_never_shows_its_pass
     state(tmp_path, refused)
     one_clear_line(cli("status", state_dir=tmp_path), f"cannot reach Redis at {refused}", "Connection refused",
                    "run.json, pid")
-    port = free_port()
+    port, replica_port = free_port(), free_port()
     locked = subprocess.Popen([str(valkey_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                "--requirepass", "right-pw"], stdout=subprocess.DEVNULL)
+    # Answers PING but refuses writes (a read-only replica whose primary is away): fails mid-command.
+    replica = subprocess.Popen([str(valkey_binary()), "--port", str(replica_port), "--bind", "127.0.0.1",
+                                "--save", "", "--replicaof", "127.0.0.1", str(free_port())], stdout=subprocess.DEVNULL)
     not_redis = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
     threading.Thread(target=not_redis.serve_forever, daemon=True).start()
     try:
-        wait_for(lambda: not runstate.port_free(port), what="valkey to listen")
+        wait_for(lambda: not runstate.port_free(port) and not runstate.port_free(replica_port),
+                 what="valkey to listen")
+        one_clear_line(cli("providers", REDIS_URL=f"redis://127.0.0.1:{replica_port}/0"),
+                       "answered with an error: ReadOnlyError")
         line = one_clear_line(cli("providers", REDIS_URL=f"redis://:wrong-pw@127.0.0.1:{port}/0"),
                               "refused our credentials", "(REDIS_URL)", "check REDIS_URL")
         assert "wrong-pw" not in line and "redis://:***@127.0.0.1" in line
@@ -105,8 +111,9 @@ def test_a_redis_that_refuses_or_errors_is_one_line_too_and_never_shows_its_pass
                        "answered with an error")
     finally:
         not_redis.shutdown()
-        locked.terminate()
-        locked.wait(10)
+        for server in (locked, replica):
+            server.terminate()
+            server.wait(10)
 
 
 def test_the_development_credentials_are_kept_owner_only_and_replaced_on_request(tmp_path):
