@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def one_clear_line(proc: subprocess.CompletedProcess[str], *phrases: str) -> str
 def state(directory: Path, url: str, *, pid: int | None = None, **fields: object) -> Path:
     run = runstate.RunState(pid=pid or os.getpid(), started_at=runstate.now_iso(), api_url="http://127.0.0.1:1",
                             docs_url="http://127.0.0.1:1/docs", flower_url="http://127.0.0.1:2",
-                            redis_url=runstate.mask_url(url), redis_embedded=True, **fields)  # type: ignore[arg-type]
+                            redis_url=runstate.mask_url(url), redis_embedded=True, **fields)
     directory.mkdir(parents=True, exist_ok=True)
     return runstate.write_state(directory, run)
 
@@ -147,8 +148,6 @@ def test_the_state_file_masks_passwords_and_the_last_redis_port_is_reused_when_f
     assert "has a password" in str(pytest.raises(runstate.StackNotFound, runstate.locate_redis, tmp_path).value)
     port = free_port()
     assert runstate.reusable_port(port) == port
-    import socket
-
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", port))
         assert runstate.reusable_port(port) is None
