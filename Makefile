@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-unit check lint bench clean
+.PHONY: install run test test-unit check lint bench screenshots clean
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -25,7 +25,7 @@ test: $(STAMP) check
 check: $(STAMP)
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports --no-cache
-	$(VENV)/bin/ruff check aiintegration tests bench
+	$(VENV)/bin/ruff check aiintegration tests bench tools
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
@@ -34,6 +34,11 @@ lint: check
 
 bench: $(STAMP)
 	$(PY) bench/throughput.py
+
+# What an operator sees, in headless Chromium (apt-get install -y chromium): docs/img/*.png.
+# Uses the stack `make run` started (var/run.json) or starts its own. Not part of `make test`.
+screenshots: $(STAMP)
+	$(PY) tools/screenshots.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -14,7 +14,7 @@ from aiintegration.commands.context import Context
 from aiintegration.config import Settings, get_settings
 from aiintegration.domain.limits import MAX_BODY_BYTES
 from aiintegration.logs import configure
-from aiintegration.web import auth, chat, errors, health, metrics, operations, tasks
+from aiintegration.web import auth, chat, docs, errors, health, metrics, operations, tasks
 
 
 class ErrorDetail(Schema):
@@ -45,7 +45,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_URL=docs.ASSETS_URL,  # served by this app: /docs works offline
+        OPENAPI_SWAGGER_UI_CONFIG=docs.SWAGGER_UI_CONFIG,
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         JSON_SORT_KEYS=False,
     )
@@ -66,6 +67,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     api.register_blueprint(chat.blp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
+    docs.install(app)
     auth.install(app, ctx.settings.api_tokens)
     errors.install(app)
     return app
