@@ -48,7 +48,8 @@ class CeleryPublisher:
         self.app.send_task(name, kwargs=kwargs, **_SEND_OPTIONS)
 
 
-app = Celery("aiintegration", include=["aiintegration.tasks.generation", "aiintegration.tasks.sweeps",
+# task_cls by name: the tasks' base class is resolved when the first task is made.
+app = Celery("aiintegration", task_cls="aiintegration.tasks:SafeTask", include=["aiintegration.tasks.generation", "aiintegration.tasks.sweeps",
                                        "aiintegration.tasks.providers", "aiintegration.tasks.webhooks",
                                        "aiintegration.tasks.chat"])
 app.config_from_object("celeryconfig")

@@ -77,6 +77,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         env["AII_API_TOKENS"] = creds.api_token
     if creds and not flower_from_env:
         env["AII_FLOWER_AUTH"] = creds.flower_auth
+    user, _, password = env["AII_FLOWER_AUTH"].partition(":")
+    if not user or not password:  # Flower would start with an empty credential
+        print("aiintegration: AII_FLOWER_AUTH must be user:password with both parts set; Flower never starts "
+              "without credentials", file=sys.stderr)
+        return 1
     valkey = None
     if not env.get("REDIS_URL"):
         # The same port as last time when it is free, so REDIS_URL stays what it was.
@@ -114,7 +119,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         status = "aiintegration status" if state == Path("var").resolve() else \
             f"AII_STATE_DIR={_shown(state)} aiintegration status"
         if _wait_http(f"{api}/healthz", 60):
-            user, _, password = env["AII_FLOWER_AUTH"].partition(":")
             kept = ("from AII_API_TOKENS" if token_from_env else
                     f"kept in {_shown(creds.path) if creds else '?'} (owner-only) with the Flower password "
                     f"for the next runs; --new-token / --new-flower-password replace them")

@@ -98,3 +98,34 @@ def test_a_flower_started_after_the_worker_follows_the_tasks_that_run_after_it(c
             task_id = submit(client, auth)
             wait_status(ctx, task_id, ["succeeded"])
             wait_listed(port, task_id)
+
+
+def test_flower_shows_ids_and_sizes_never_keys_prompts_or_chat_messages(client, auth, ctx, db):
+    """A plain Celery client puts the repr of every argument in the message; the worker tells
+    Flower ids and sizes only (tasks/__init__.py SafeRequest). Part of the secrets sweep."""
+    from tests.support import celery_for
+    from tests.support.secrets import MARKER
+
+    prompt, secret_key = "PROMPT-NOT-FOR-FLOWER about a blue mug", f"sk-{MARKER}-flower-0123456789abcdef"
+    by_name = celery_for(redis_url(db))
+    with flower(db) as port, Worker(db, concurrency=2):
+        created = by_name.send_task("aiintegration.create_generation_task", kwargs={
+            "task_type": "text_generation", "request_content": {"prompt": prompt}, "requested_by": "flower-test",
+            "tenant": "billing"}).get(timeout=15)
+        by_name.send_task("aiintegration.update_provider_config", kwargs={
+            "provider": "local", "config": {"api_key": secret_key}}).get(timeout=15)
+        session = by_name.send_task("aiintegration.start_chat_session", kwargs={
+            "user_id": "u", "item_id": "i", "initial_context": prompt}).get(timeout=15)
+        by_name.send_task("aiintegration.send_chat_message", kwargs={
+            "session_id": session["session"]["id"], "message": prompt}).get(timeout=15)
+        wait_status(ctx, created["id"], ["succeeded"])
+        wait_listed(port, created["id"])
+
+        def everything_listed() -> bool:
+            names = {t.get("name") for t in flower_tasks(port).values()}
+            return {"aiintegration.update_provider_config", "aiintegration.send_chat_message"} <= names
+
+        wait_for(everything_listed, timeout_s=20, interval_s=0.5, what="flower to list the calls by name")
+        shown = json.dumps(flower_tasks(port))
+    assert MARKER not in shown and "PROMPT-NOT-FOR-FLOWER" not in shown
+    assert created["id"] in shown and "'tenant': 'billing'" in shown and "<object, 1 keys>" in shown

@@ -5,11 +5,21 @@ answers 401. Deterministic (derandomized) and bounded, so CI sees the same cases
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from aiintegration.domain.auth import parse_tokens
+from aiintegration.web import create_app
 from tests.conftest import TOKEN
+from tests.support import make_context
+
+CLIENT = "fuzz-client-token-0123456789"
+ROLES = {"operator": TOKEN, "client": CLIENT}
 
 EXAMPLES = 25
 # The SSE feeds stream until their task or session ends; they are tested with a real
@@ -22,11 +32,20 @@ SSE = r"/events$"
 
 
 
-def test_no_5xx_and_every_response_matches_the_schema(app):
+@pytest.fixture(scope="module")
+def roles_app(db):
+    """An operator and a client tenant, as the trust boundaries have them."""
+    tokens = parse_tokens(json.dumps({TOKEN: {"name": "ops", "role": "operator"},
+                                      CLIENT: {"name": "fuzz", "role": "client"}}))
+    return create_app({"AII_CONTEXT": make_context(db, api_tokens=tokens), "TESTING": True})
+
+
+@pytest.mark.parametrize("role", sorted(ROLES))
+def test_no_5xx_and_every_response_matches_the_schema(roles_app, role):
     # One hypothesis run per operation (schemathesis's own pytest plugin does not run on
     # pytest 9 yet); every failure is collected, so one run shows them all.
-    schema = schemathesis.openapi.from_wsgi("/openapi.json", app).exclude(path_regex=SSE)
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", roles_app).exclude(path_regex=SSE)
+    headers = {"Authorization": f"Bearer {ROLES[role]}"}
     failures, operations = [], 0
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -56,3 +75,46 @@ def test_every_v1_operation_without_a_token_is_401(app, client):
         resp = client.open(url, method=method.upper(), json={})
         assert resp.status_code == 401, (method, path, resp.status_code, resp.get_data(as_text=True)[:200])
         assert resp.json["error"]["code"] == "unauthorized" and resp.headers.get("WWW-Authenticate")
+
+
+# Values a hostile client sends that the JSON grammar allows and a careless server trips on:
+# lone surrogates (escaped, so the body is valid JSON), integers past 64 bits, nesting past 64.
+# Every leaf is hostile, so every body must be refused.
+HOSTILE_SCALARS = st.one_of(
+    st.builds(lambda pre, s, post: pre + s + post, st.text(max_size=3),
+              st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=2),
+              st.text(max_size=3)),
+    st.integers(min_value=2**63, max_value=10**400), st.integers(max_value=-(2**63) - 1))
+HOSTILE = st.recursive(HOSTILE_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)), max_leaves=20)
+BODIES = [("POST", "/v1/tasks"), ("POST", "/v1/chat/sessions"), ("PUT", "/v1/providers/local/config"),
+          ("POST", "/v1/dlq/replay"), ("POST", "/v1/providers/switch")]
+
+
+def nested(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize("role", sorted(ROLES))
+def test_hostile_json_is_always_a_4xx(roles_app, role):
+    """Surrogates, huge numbers and deep nesting, drawn by hypothesis, in every field of every
+    JSON body: never a 5xx, whoever sends them."""
+    client = roles_app.test_client()
+    headers = {"Authorization": f"Bearer {ROLES[role]}"}
+    fields = ("task_type", "request_content", "requested_by", "priority", "metadata", "options", "user_id",
+              "item_id", "initial_context", "api_key", "timeout_s", "from_provider", "reason")
+
+    @given(field=st.sampled_from(fields), value=HOSTILE, depth=st.sampled_from([0, 63, 65, 3000]))
+    @settings(max_examples=60, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def post(field, value, depth):
+        base = {"task_type": "text_generation", "request_content": {"prompt": "p"}, "requested_by": "fuzz",
+                "user_id": "u", "item_id": "i", "initial_context": "c"}
+        body = json.dumps({**base, field: value})  # ensure_ascii: a lone surrogate travels as \udXXX
+        if depth:
+            body = body[:-1] + f', "deep": {nested(depth)}}}'
+        for method, path in BODIES:
+            resp = client.open(path, method=method, data=body, content_type="application/json", headers=headers)
+            assert 400 <= resp.status_code < 500, (method, path, resp.status_code, body[:200])
+
+    post()
