@@ -7,6 +7,7 @@ import os
 
 from aiintegration.config import get_settings
 from aiintegration.kombu_transport import use_for_redis_urls
+from aiintegration.store.redis_client import SentinelUrl
 
 _s = get_settings()
 
@@ -48,6 +49,15 @@ broker_transport_options = {
 }
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 task_default_priority = 4  # API priority 5
+
+if broker_url.startswith("sentinel://"):
+    # kombu and Celery's result backend need the primary's name as a transport option (the
+    # URL's ?master_name= alone: "'master_name' transport option must be specified"), and
+    # read the database from the first Sentinel's URL only; the store reads the same URL.
+    _sentinel = SentinelUrl.parse(broker_url)
+    broker_url = result_backend = _sentinel.for_kombu()
+    broker_transport_options["master_name"] = _sentinel.master_name
+    result_backend_transport_options["master_name"] = _sentinel.master_name
 
 task_default_queue = "celery"
 worker_send_task_events = True

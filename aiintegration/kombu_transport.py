@@ -1,4 +1,5 @@
-"""The Redis broker transport: kombu's own, with one Redis client object per channel.
+"""The Redis broker transports (redis:// and sentinel://): kombu's own, with one Redis client
+object per channel.
 
 kombu builds a new `redis.Redis` around the channel's connection pool for every command it
 sends (publish, ack, QoS bookkeeping). With redis-py 8 each construction costs ~0.2 ms of
@@ -18,8 +19,14 @@ import kombu.transport
 from kombu.transport import redis as kombu_redis
 
 
-class Channel(kombu_redis.Channel):  # kombu's private hooks: pinned by tests/integration/test_task_flow.py
+class _SharedClient:  # kombu's private hooks: pinned by tests/integration/test_task_flow.py
+    """What both channels below add to kombu's: the shared client, and a close that survives
+    a lost connection."""
+
     _shared_client: Any = None
+    _pool: Any
+    _closing: bool
+    pool: Any
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         parent: Any = super()
@@ -38,13 +45,28 @@ class Channel(kombu_redis.Channel):  # kombu's private hooks: pinned by tests/in
         return client
 
 
+class Channel(_SharedClient, kombu_redis.Channel):
+    pass
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(_SharedClient, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel (finds the primary through the Sentinels) with the same fixes:
+    without the close fix a worker exited with "Unrecoverable error" when its primary was
+    killed (tests/reliability/test_sentinel_failover.py: 4 runs of 5)."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
 def use_for_redis_urls() -> None:
-    """`redis://` resolves to this transport from now on (rediss:// and sentinel:// keep
+    """`redis://` and `sentinel://` resolve to these transports from now on (rediss:// keeps
     kombu's own: its TLS defaults hang on the scheme name)."""
-    kombu.transport.TRANSPORT_ALIASES["redis"] = f"{__name__}:Transport"
     cache: dict[str, Any] = getattr(kombu.transport, "_transport_cache", {})
-    cache.pop("redis", None)  # in case something resolved it already
+    for scheme, transport in (("redis", "Transport"), ("sentinel", "SentinelTransport")):
+        kombu.transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:{transport}"
+        cache.pop(scheme, None)  # in case something resolved it already

@@ -23,6 +23,7 @@ import pybreaker
 import redis
 
 from aiintegration.store.keys import Keys
+from aiintegration.store.redis_client import get_redis
 
 log = logging.getLogger(__name__)
 STATE_TTL_S = 0.5  # how stale a process's view of a breaker may be
@@ -175,9 +176,9 @@ class Breakers:
 
     def __init__(self, url: str, client: redis.Redis, *, keys: Keys, fail_max: int, reset_s: float,
                  on_change: OnChange):
-        # pybreaker's Redis storage reads bytes: a client of its own, not the decoding one.
-        self._bytes_client = client if url.startswith("sentinel://") else redis.Redis(
-            connection_pool=redis.ConnectionPool.from_url(url))
+        # pybreaker's Redis storage reads bytes: a client of its own, not the decoding one
+        # (with sentinel:// too: handing it the decoding client broke every breaker there).
+        self._bytes_client = get_redis(url, decode_responses=False)
         self._client, self._keys = client, keys
         self._fail_max, self._reset_s, self._on_change = fail_max, reset_s, on_change
         self._breakers: dict[str, ProviderBreaker] = {}

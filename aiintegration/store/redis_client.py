@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import cast
-from urllib.parse import urlparse
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import parse_qs, unquote, urlparse
 
 import redis
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
-_clients: dict[str, redis.Redis] = {}
+_clients: dict[tuple[str, bool], redis.Redis] = {}
 _lock = threading.Lock()
 log = logging.getLogger(__name__)
 
@@ -53,39 +54,80 @@ def check_server_config(client: redis.Redis) -> list[str]:
     return warnings
 
 
-def _from_sentinel_url(url: str) -> redis.Redis:
-    # kombu's form: sentinel://h1:26379;sentinel://h2:26379/0?master_name=mymaster
-    hosts, db, master = [], 0, "mymaster"
-    for part in url.split(";"):
-        parsed = urlparse(part)
-        hosts.append((parsed.hostname or "127.0.0.1", parsed.port or 26379))
-        if parsed.path.strip("/"):
-            db = int(parsed.path.strip("/"))
-        for pair in parsed.query.split("&"):
-            if pair.startswith("master_name="):
-                master = pair.split("=", 1)[1]
-    sentinel = Sentinel(hosts, socket_timeout=5)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-    client: redis.Redis = sentinel.master_for(master, db=db, decode_responses=True)  # type: ignore[no-untyped-call]
+@dataclass(frozen=True)
+class SentinelUrl:
+    """A `sentinel://` URL in kombu's form, `sentinel://h1:26379;sentinel://h2:26379/0?master_name=mymaster`:
+    every Sentinel (`user:password@` is the primary's login, as kombu reads it), the database
+    (the last path given) and the monitored primary's name."""
+
+    netlocs: tuple[str, ...]
+    db: int
+    master_name: str
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelUrl:
+        netlocs, db, master = [], 0, "mymaster"
+        for part in url.split(";"):
+            parsed = urlparse(part)
+            netlocs.append(parsed.netloc)
+            if parsed.path.strip("/"):
+                db = int(parsed.path.strip("/"))
+            master = parse_qs(parsed.query).get("master_name", [master])[0]
+        return cls(tuple(netlocs), db, master)
+
+    @property
+    def hosts(self) -> list[tuple[str, int]]:
+        return [(p.hostname or "127.0.0.1", p.port or 26379) for p in (urlparse(f"//{n}") for n in self.netlocs)]
+
+    @property
+    def login(self) -> dict[str, str]:
+        """The primary's username/password, from the first Sentinel URL that has them."""
+        for parsed in (urlparse(f"//{n}") for n in self.netlocs):
+            if parsed.password:
+                return {"username": unquote(parsed.username or ""), "password": unquote(parsed.password)}
+        return {}
+
+    def for_kombu(self) -> str:
+        """The URL as kombu and Celery's result backend read it: they take the database and the
+        login from the first Sentinel's URL only, and the primary's name from transport options."""
+        return ";".join(f"sentinel://{netloc}/{self.db}" for netloc in self.netlocs)
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """redis-py's Sentinel pool (asks the Sentinels where the primary is at each new connection
+    and drops the connections to one that was demoted) with the blocking checkout of the
+    redis:// pool: redis-py's own Sentinel pool is unbounded, or with `max_connections` raises
+    at once instead of waiting, and the sentinel:// client used to ignore
+    AII_REDIS_MAX_CONNECTIONS, keepalive and health checks altogether."""
+
+
+def _from_sentinel_url(url: str, **pool_options: Any) -> redis.Redis:
+    parsed = SentinelUrl.parse(url)
+    sentinel = Sentinel(parsed.hosts, socket_timeout=5)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        parsed.master_name, connection_pool_class=_BlockingSentinelPool, db=parsed.db, **parsed.login,
+        **pool_options)
     return client
 
 
-def get_redis(url: str, *, max_connections: int = 1000, pool_timeout_s: float = 5.0) -> redis.Redis:
-    """A shared client for `url` (redis://, rediss://, unix:// or sentinel://).
+def get_redis(url: str, *, max_connections: int = 1000, pool_timeout_s: float = 5.0,
+              decode_responses: bool = True) -> redis.Redis:
+    """A shared client for `url` (redis://, rediss://, unix:// or sentinel://), answering str
+    (or bytes with `decode_responses=False`, for pybreaker's storage).
 
     The pool blocks (up to `pool_timeout_s`) instead of failing when every connection is in
     use: redis-py's default pool stops at 100 connections and raises at once, and a gevent
     web worker with many SSE clients (each one's XREAD BLOCK holds a connection) needs more.
     Commands time out after redis-py's default 5 s socket timeout, so a blocking read must
     block for less than that."""
+    options = {"max_connections": max_connections, "timeout": pool_timeout_s, "decode_responses": decode_responses,
+               "health_check_interval": 30, "socket_keepalive": True, "retry_on_timeout": True}
     with _lock:
-        client = _clients.get(url)
+        client = _clients.get((url, decode_responses))
         if client is None:
             if url.startswith("sentinel://"):
-                client = _from_sentinel_url(url)
+                client = _from_sentinel_url(url, **options)
             else:
-                pool = redis.BlockingConnectionPool.from_url(
-                    url, max_connections=max_connections, timeout=pool_timeout_s, decode_responses=True,
-                    health_check_interval=30, socket_keepalive=True, retry_on_timeout=True)
-                client = redis.Redis(connection_pool=pool)
-            _clients[url] = client
+                client = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(url, **options))
+            _clients[(url, decode_responses)] = client
         return client
