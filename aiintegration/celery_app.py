@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, worker_ready
+from celery.signals import after_setup_logger, worker_init, worker_ready
 
+from aiintegration import telemetry
 from aiintegration.commands.context import get_context, use_publisher
 from aiintegration.commands.liveness import worker_started
 from aiintegration.config import get_settings
@@ -40,9 +41,13 @@ class CeleryPublisher:
     def __init__(self, app: Celery):
         self.app = app
 
-    def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None) -> None:
+    def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None, *,
+                             attempt: int = 1) -> None:
+        # The message id names the record and the attempt (`<task id>.<attempt>`): what Flower
+        # lists, and what the worker's log line for that attempt carries, lead to the record.
         self.app.send_task("aiintegration.process_task", kwargs={"task_id": task_id}, **_SEND_OPTIONS,
-                           priority=to_broker_priority(priority), countdown=countdown or None)
+                           task_id=f"{task_id}.{attempt}", priority=to_broker_priority(priority),
+                           countdown=countdown or None)
 
     def dispatch(self, name: str, kwargs: dict[str, Any]) -> None:
         self.app.send_task(name, kwargs=kwargs, **_SEND_OPTIONS)
@@ -59,6 +64,11 @@ use_publisher(CeleryPublisher(app))
 @after_setup_logger.connect
 def _structured_logs(**_: Any) -> None:
     configure(json_lines=get_settings().log_json)
+
+
+@worker_init.connect
+def _tracing(**_: Any) -> None:
+    telemetry.setup("aiintegration-worker")
 
 
 @worker_ready.connect

@@ -27,6 +27,9 @@ class JsonFormatter(logging.Formatter):
         for name in _FIELDS:
             if hasattr(record, name):
                 out[name] = getattr(record, name)
+        extra = getattr(record, "fields", None)  # a structured line's own fields (attempt outcomes)
+        if isinstance(extra, dict):
+            out.update({k: v for k, v in extra.items() if k not in out or out[k] is None})
         if record.exc_info:
             out["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(out, ensure_ascii=False, default=str)
@@ -34,7 +37,11 @@ class JsonFormatter(logging.Formatter):
 
 class RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        text = super().format(record)
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            text += " " + " ".join(f"{k}={v}" for k, v in extra.items() if v is not None)
+        return redact(text)
 
 
 def configure(*, json_lines: bool = True, level: int = logging.INFO) -> None:

@@ -10,6 +10,7 @@ under 25 ms without errors.
 
     .venv/bin/python bench/submit_latency.py [--rate 200] [--seconds 30] [--web-workers 2]
     .venv/bin/python bench/submit_latency.py --find-max [--seconds 10]
+    .venv/bin/python bench/submit_latency.py --tenants [--tracing]   # client-role token of a tenant; spans on
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--web-workers", type=int, default=2)
     parser.add_argument("--find-max", action="store_true", help="step the rate up until p99 >= 25 ms")
+    parser.add_argument("--tenants", action="store_true",
+                        help="tokens as a JSON table (two tenants and an operator); requests use a client's token")
+    parser.add_argument("--tracing", action="store_true", help="OpenTelemetry on (spans written to a file)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="aii-bench-submit-"))
@@ -117,8 +121,13 @@ def main() -> None:
         body = json.dumps(BODY).encode()
         REQUEST = (f"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+        tokens = TOKEN if not args.tenants else json.dumps({
+            TOKEN: {"name": "billing", "role": "client"}, "other-tenant-token-0123": {"name": "search", "role": "client"},
+            "sha256:" + "0" * 64: {"name": "platform", "role": "operator"}})
         env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{valkey.port}/0", "AII_PROVIDERS": "local",
-               "AII_API_TOKENS": TOKEN, "AII_LOG_FORMAT": "text"}
+               "AII_API_TOKENS": tokens, "AII_LOG_FORMAT": "text"}
+        if args.tracing:
+            env["AII_OTEL_FILE"] = str(tmp / "spans.jsonl")
         web = spawn(gunicorn(port, args.web_workers, tmp), env, tmp / "web.log")
         try:
             wait_log(web, tmp / "web.log", "Booting worker")
@@ -138,7 +147,9 @@ def main() -> None:
             stop(web)
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"gunicorn as in the Procfile (gevent x{args.web_workers}, keep-alive 75 s, access log), Valkey with AOF (everysec), no worker (tasks queue), "
-          f"{os.cpu_count()} CPUs shared by server, Valkey and load generator")
+          f"{os.cpu_count()} CPUs shared by server, Valkey and load generator; "
+          f"tokens: {'a JSON table, client role' if args.tenants else 'a bare operator token'}; "
+          f"tracing: {'on (spans to a file)' if args.tracing else 'off'}")
     for line in lines:
         print(line)
     if args.find_max:

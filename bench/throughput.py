@@ -90,7 +90,8 @@ def run_system(url: str, n: int) -> tuple[float, float]:
     app = celery_for(url)
 
     class Publisher:
-        def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None) -> None:
+        def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None, *,
+                                 attempt: int = 1) -> None:
             app.send_task("aiintegration.process_task", kwargs={"task_id": task_id},
                           priority=to_broker_priority(priority), countdown=countdown or None)
 

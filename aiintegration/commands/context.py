@@ -47,8 +47,10 @@ def breaker_event(events: EventLog, provider: str, old: str, new: str) -> None:
 class Publisher(Protocol):
     """Puts task messages on the broker (the Celery app's, in production)."""
 
-    def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None) -> None:
-        """A process_task message for `task_id` at API priority `priority`, due after `countdown` s."""
+    def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None, *,
+                             attempt: int = 1) -> None:
+        """A process_task message for attempt `attempt` of `task_id` at API priority
+        `priority`, due after `countdown` s."""
 
     def dispatch(self, name: str, kwargs: dict[str, Any]) -> None:
         """Any other task, by its stable name."""
@@ -97,8 +99,8 @@ class Context:
         providers.seed()
         return ctx
 
-    def enqueue(self, task_id: str, priority: int, countdown: float | None = None) -> None:
-        self.publisher.enqueue_process_task(task_id, priority, countdown)
+    def enqueue(self, task_id: str, priority: int, countdown: float | None = None, *, attempt: int = 1) -> None:
+        self.publisher.enqueue_process_task(task_id, priority, countdown, attempt=attempt)
 
 
 _lock = threading.Lock()

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from aiintegration.commands.context import Context
+from aiintegration.commands.tracing import current_trace_context
 from aiintegration.domain.auth import TRUSTED, Caller
 from aiintegration.domain.submission import validate_submission
 from aiintegration.errors import ValidationError
@@ -39,7 +40,7 @@ def create_generation_task(
         default_timeout_s=s.task_timeout_s, max_timeout_s=s.max_task_timeout_s, default_max_retries=s.max_retries,
     )
     sub = replace(sub, tenant=caller.tenant, chat_session_id=chat[0] if chat else None,
-                  chat_message_id=chat[1] if chat else None)
+                  chat_message_id=chat[1] if chat else None, trace_context=current_trace_context())
     pinned = sub.options.provider
     if pinned and not ctx.router.known(pinned):
         raise ValidationError("unknown provider", details={"options.provider": f"no provider named {pinned!r}"})

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from aiintegration.commands.chat import ChatStream, stream_for
 from aiintegration.commands.context import Context
 from aiintegration.commands.failures import handle_failure, mark_timed_out
 from aiintegration.commands.runner import Attempt
+from aiintegration.commands.tracing import attempt_span, provider_span, record_failure, record_generation
 from aiintegration.commands.webhooks import notify_terminal
 from aiintegration.domain.pricing import estimate_cost
 from aiintegration.domain.records import TaskRecord
@@ -26,8 +28,35 @@ from aiintegration.providers.base import Generation, GenerationRequest, Provider
 from aiintegration.store.metrics import Sample, counter, observation
 
 log = logging.getLogger(__name__)
+attempt_log = logging.getLogger("aiintegration.attempts")  # one line per attempt outcome
 S = TaskStatus
 OnDelta = Callable[[str], None]
+
+
+@dataclass
+class AttemptReport:
+    """What one attempt came to, for its log line and its span."""
+
+    task_id: str
+    attempt: int
+    task_type: str
+    tenant: str
+    message_id: str | None  # the Celery message that delivered it (what Flower lists)
+    status: str = ""
+    provider: str | None = None
+    model: str | None = None
+    error: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+    def fields(self) -> dict[str, object]:
+        return {"task_id": self.task_id, "attempt": self.attempt, "status": self.status, "provider": self.provider,
+                "model": self.model, "task_type": self.task_type, "tenant": self.tenant,
+                "duration_s": round(time.monotonic() - self.started, 4), "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens, "cost": self.cost, "error": self.error,
+                "celery_id": self.message_id}
 
 
 def _call(provider: Provider, request: GenerationRequest, attempt: Attempt, on_delta: OnDelta | None) -> Generation:
@@ -48,27 +77,42 @@ def _call(provider: Provider, request: GenerationRequest, attempt: Attempt, on_d
 
 
 def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_time: float = 300.0,
-                 on_delta: OnDelta | None = None) -> str:
+                 on_delta: OnDelta | None = None, message_id: str | None = None) -> str:
     """Run one attempt of `task_id`. Returns what became of it: the new status, or
-    `skipped:<status>` when the message was a duplicate or the task was no longer runnable."""
+    `skipped:<status>` when the message was a duplicate or the task was no longer runnable.
+    Every attempt that ran leaves one log line (`aiintegration.attempts`) and one span."""
     claim = ctx.tasks.claim(task_id, worker_id=worker_id, lease_s=ctx.settings.lease_s,
                             max_processing_time=max_processing_time, now=ctx.clock())
     if not claim.claimed or claim.record is None:
         return f"skipped:{claim.status or 'missing'}"
     record = claim.record
-    run_id = record.run_id
     if claim.recovered:
         log.warning("took over a task whose worker stopped heartbeating", extra={"task_id": task_id})
+    report = AttemptReport(task_id, record.attempts, record.task_type, record.tenant, message_id)
+    with attempt_span(record) as span:
+        report.status = _claimed(ctx, record, report, on_delta)
+        span.set_attribute("aiintegration.outcome", report.status)
+    attempt_log.info("attempt %s of %s: %s", report.attempt, task_id, report.status,
+                     extra={"task_id": task_id, "attempt": report.attempt, "provider": report.provider,
+                            "fields": report.fields()})
+    return report.status
+
+
+def _claimed(ctx: Context, record: TaskRecord, report: AttemptReport, on_delta: OnDelta | None) -> str:
+    run_id = record.run_id
     try:
         provider = ctx.router.choose(record.task_type, pinned=record.pinned_provider)
     except AIIntegrationError as exc:
+        report.error = exc.code
         return handle_failure(ctx, record, exc, run_id=run_id)
-    attempt = Attempt(task_id, run_id or "", deadline=record.deadline_at or time.time())
+    report.provider = provider.name
+    attempt = Attempt(record.id, run_id or "", deadline=record.deadline_at or time.time())
     request = GenerationRequest(record.task_type, record.request_content,
                                 timeout_s=max(0.5, attempt.deadline - time.time()))
+    report.model = provider.model_for(request)
     chat = stream_for(ctx, record)
     try:
-        return _attempt(ctx, record, provider, request, attempt, chat, chat.delta if chat else on_delta)
+        return _attempt(ctx, record, provider, request, attempt, chat, chat.delta if chat else on_delta, report)
     finally:
         if chat:
             chat.close()
@@ -96,11 +140,19 @@ def _report(ctx: Context, provider: Provider, at_fault: bool | None) -> None:
 
 
 def _attempt(ctx: Context, record: TaskRecord, provider: Provider, request: GenerationRequest,
-             attempt: Attempt, chat: ChatStream | None, on_delta: OnDelta | None) -> str:
+             attempt: Attempt, chat: ChatStream | None, on_delta: OnDelta | None, report: AttemptReport) -> str:
     """The provider call of one claimed attempt and what its outcome makes of the task."""
     task_id, run_id = record.id, attempt.run_id
     started = time.monotonic()
-    outcome = ctx.runner.run(attempt, lambda a: _call(provider, request, a, on_delta))
+    with provider_span(provider, request) as span:
+        outcome = ctx.runner.run(attempt, lambda a: _call(provider, request, a, on_delta))
+        if outcome.value is not None:
+            record_generation(span, outcome.value)
+        elif outcome.stopped or outcome.error is not None:
+            kind = outcome.stopped or (outcome.error.code if isinstance(outcome.error, AIIntegrationError)
+                                       else type(outcome.error).__name__)
+            record_failure(span, kind)
+            report.error = kind
     if chat and (outcome.stopped or outcome.error is not None):
         chat.incomplete(outcome.stopped or type(outcome.error).__name__)
     if outcome.stopped == "timed_out":
@@ -121,11 +173,14 @@ def _attempt(ctx: Context, record: TaskRecord, provider: Provider, request: Gene
     generation = outcome.value
     if generation is None:  # the runner returns a value whenever it reports no error and no stop
         raise RuntimeError("an attempt finished without a result")
-    return _succeeded(ctx, record, provider, generation, chat, call_s=time.monotonic() - started, run_id=run_id)
+    report.model, report.input_tokens, report.output_tokens = (generation.model, generation.usage.input_tokens,
+                                                               generation.usage.output_tokens)
+    return _succeeded(ctx, record, provider, generation, chat, call_s=time.monotonic() - started, run_id=run_id,
+                      report=report)
 
 
 def _succeeded(ctx: Context, record: TaskRecord, provider: Provider, generation: Generation,
-               chat: ChatStream | None, *, call_s: float, run_id: str) -> str:
+               chat: ChatStream | None, *, call_s: float, run_id: str, report: AttemptReport) -> str:
     result = generation.to_result()
     now = ctx.clock()
     labels = {"provider": provider.name, "task_type": record.task_type}
@@ -137,6 +192,7 @@ def _succeeded(ctx: Context, record: TaskRecord, provider: Provider, generation:
                          input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
     if cost:
         metrics.append(counter("aii_cost_total", cost, **labels))
+    report.cost = cost
     done, before = ctx.tasks.transition(
         record.id, to=S.SUCCEEDED, run_id=run_id,
         events=[("task.succeeded", {"attempt": record.attempts, "provider": provider.name,

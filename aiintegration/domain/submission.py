@@ -42,6 +42,7 @@ class Submission:
     tenant: str = DEFAULT_TENANT
     chat_session_id: str | None = None  # set by SendChatMessage, never from caller input
     chat_message_id: str | None = None
+    trace_context: str | None = None  # the creating request's traceparent, when traced
 
     def fingerprint(self) -> str:
         """What an idempotency key is bound to: the request as validated (defaults filled in),

@@ -77,7 +77,7 @@ class TaskStore:
             request_content=sub.request_content, priority=sub.priority, tenant=sub.tenant, metadata=sub.metadata,
             options=sub.options, provider=sub.options.provider, created_at=now, updated_at=now, enqueued_at=now,
             idempotency_key=sub.idempotency_key, chat_session_id=sub.chat_session_id,
-            chat_message_id=sub.chat_message_id)
+            chat_message_id=sub.chat_message_id, trace_context=sub.trace_context)
         event = event_data("task.created", record.id, now, task_type=sub.task_type, priority=sub.priority,
                            requested_by=sub.requested_by, tenant=sub.tenant)
         idem = self.keys.idempotency(f"{sub.tenant}:{sub.idempotency_key}") if sub.idempotency_key else ""

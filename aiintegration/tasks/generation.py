@@ -36,7 +36,8 @@ def process_task(self: Task[Any, Any], /, task_id: str, worker_id: str | None = 
     ctx = get_context()
     cap = ctx.settings.max_task_timeout_s
     limit = min(float(max_processing_time), cap) if max_processing_time else cap
-    return process(ctx, task_id, worker_id=worker_id or current_worker_id(self), max_processing_time=limit)
+    return process(ctx, task_id, worker_id=worker_id or current_worker_id(self), max_processing_time=limit,
+                   message_id=self.request.id)
 
 
 @shared_task(name="aiintegration.retry_task", **policy(answered=True, infra_retry=True))

@@ -8,6 +8,7 @@ from flask import Flask
 from flask_smorest import Api
 from marshmallow import Schema, fields
 
+from aiintegration import telemetry
 from aiintegration.celery_app import CeleryPublisher
 from aiintegration.celery_app import app as celery_app
 from aiintegration.commands.context import Context
@@ -54,6 +55,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     settings: Settings = app.config.get("AII_SETTINGS") or get_settings()
     if not app.testing:
         configure(json_lines=settings.log_json)
+    if telemetry.setup("aiintegration-web"):
+        telemetry.instrument_flask(app)
     # As in Flask's Celery example: the app keeps its Celery app, and the context publishes through it.
     app.extensions["celery"] = app.config.get("AII_CELERY") or celery_app
     ctx: Context = app.config.get("AII_CONTEXT") or Context.build(

@@ -55,7 +55,8 @@ class RecordingPublisher:
         self.task_ids: list[str] = []
         self.dispatched: list[tuple[str, dict[str, Any]]] = []
 
-    def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None) -> None:
+    def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None, *,
+                             attempt: int = 1) -> None:
         if self.fail:
             raise ConnectionError("broker down")
         self.task_ids.append(task_id)
