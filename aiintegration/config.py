@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,16 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 
 def _list(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in env.get(name, default).split(",") if part.strip())
+
+
+def _weights(raw: str) -> dict[str, float]:
+    """AII_TENANT_WEIGHTS, e.g. '{"billing": 3, "search": 1}' (default weight 1)."""
+    if not raw.strip():
+        return {}
+    data = json.loads(raw)
+    if not isinstance(data, dict) or not all(isinstance(v, int | float) and v > 0 for v in data.values()):
+        raise ValueError("AII_TENANT_WEIGHTS: an object mapping tenants to positive numbers")
+    return {str(k): float(v) for k, v in data.items()}
 
 
 def _tokens(env: Mapping[str, str]) -> tuple[TokenGrant, ...]:
@@ -75,6 +86,9 @@ class Settings:
     sse_heartbeat_s: float = 15.0
     sse_max_s: float = 3600.0
     sse_max_per_tenant: int = 100  # event streams one tenant may hold open at once
+    quota_window_s: float = 60.0  # the "minute" of rpm/tpm (tests shorten it)
+    quota_max_countdown_s: float = 30.0  # a throttled task comes back at most this much later to ask again
+    tenant_weights: Mapping[str, float] = field(default_factory=dict)  # fair share when providers are scarce
     provider_env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -113,6 +127,9 @@ class Settings:
             sse_heartbeat_s=_float(env, "AII_SSE_HEARTBEAT_S", cls.sse_heartbeat_s),
             sse_max_s=_float(env, "AII_SSE_MAX_S", cls.sse_max_s),
             sse_max_per_tenant=_int(env, "AII_SSE_MAX_PER_TENANT", cls.sse_max_per_tenant),
+            quota_window_s=_float(env, "AII_QUOTA_WINDOW_S", cls.quota_window_s),
+            quota_max_countdown_s=_float(env, "AII_QUOTA_MAX_COUNTDOWN_S", cls.quota_max_countdown_s),
+            tenant_weights=_weights(env.get("AII_TENANT_WEIGHTS", "")),
             provider_env={k: v for k, v in env.items() if v and (k in keep or k.startswith("AII_PROVIDER_"))},
         )
 

@@ -27,6 +27,7 @@ from aiintegration.store.events import EventLog
 from aiintegration.store.keys import Keys
 from aiintegration.store.metrics import MetricsStore
 from aiintegration.store.providers import ProviderStore
+from aiintegration.store.quotas import QuotaStore
 from aiintegration.store.redis_client import get_redis
 from aiintegration.store.streams import OpenFeeds
 from aiintegration.store.sweeps import SweepStore
@@ -71,6 +72,7 @@ class Context:
     sweeps: SweepStore
     metrics: MetricsStore
     feeds: OpenFeeds
+    quotas: QuotaStore
     router: Router
     runner: AttemptRunner
     clock: Callable[[], float] = time.time
@@ -93,7 +95,7 @@ class Context:
             chats=ChatStore(client, keys=keys, retention_s=s.retention_s, idle_ttl_s=s.chat_idle_ttl_s), providers=providers, events=events,
             breakers=breakers, broker=BrokerQueue(client), workers=WorkerRegistry(client, keys=keys),
             sweeps=SweepStore(client, keys=keys), metrics=MetricsStore(client, keys=keys),
-            feeds=OpenFeeds(client, keys=keys), router=Router(providers, blocked_for=breakers.blocked_for),
+            feeds=OpenFeeds(client, keys=keys), quotas=QuotaStore(client, keys=keys, window_s=s.quota_window_s), router=Router(providers, blocked_for=breakers.blocked_for),
             runner=AttemptRunner(tasks, lease_s=s.lease_s), clock=clock,
         )
         providers.seed()

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from aiintegration.commands import quotas
 from aiintegration.commands.chat import ChatStream, stream_for
 from aiintegration.commands.context import Context
 from aiintegration.commands.failures import handle_failure, mark_timed_out
@@ -30,6 +31,7 @@ from aiintegration.store.metrics import Sample, counter, observation
 log = logging.getLogger(__name__)
 attempt_log = logging.getLogger("aiintegration.attempts")  # one line per attempt outcome
 S = TaskStatus
+RUNNABLE = frozenset({S.QUEUED, S.RETRYING, S.RUNNING})  # what a claim may take (it decides)
 OnDelta = Callable[[str], None]
 
 
@@ -80,17 +82,45 @@ def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_t
                  on_delta: OnDelta | None = None, message_id: str | None = None) -> str:
     """Run one attempt of `task_id`. Returns what became of it: the new status, or
     `skipped:<status>` when the message was a duplicate or the task was no longer runnable.
-    Every attempt that ran leaves one log line (`aiintegration.attempts`) and one span."""
+    Every attempt that ran leaves one log line (`aiintegration.attempts`) and one span.
+
+    The provider is chosen, and its quota asked for, before the claim: a task the provider's
+    bucket cannot take yet is `throttled` (its status unchanged, its message back later), so
+    a wait for quota is never an attempt, a failure or a retry."""
+    seen = ctx.tasks.get(task_id)
+    if seen is None or seen.status not in RUNNABLE:
+        return f"skipped:{seen.status if seen else 'missing'}"
+    provider: Provider | None = None
+    choice: AIIntegrationError | None = None
+    ticket: quotas.Ticket | None = None
+    try:
+        provider = ctx.router.choose(seen.task_type, pinned=seen.pinned_provider)
+    except AIIntegrationError as exc:
+        choice = exc  # the claimed attempt fails with it (a retry, or the DLQ)
+    if provider is not None:
+        request = GenerationRequest(seen.task_type, seen.request_content, timeout_s=seen.timeout_s)
+        provider, answer = quotas.admit(ctx, seen, provider, request)
+        if isinstance(answer, quotas.Refusal):
+            return quotas.throttle(ctx, seen, answer)
+        ticket = answer
     claim = ctx.tasks.claim(task_id, worker_id=worker_id, lease_s=ctx.settings.lease_s,
-                            max_processing_time=max_processing_time, now=ctx.clock())
+                            max_processing_time=max_processing_time, provider=provider.name if provider else "",
+                            now=ctx.clock())
     if not claim.claimed or claim.record is None:
+        if ticket is not None:
+            quotas.give_back(ctx, ticket)
         return f"skipped:{claim.status or 'missing'}"
     record = claim.record
     if claim.recovered:
         log.warning("took over a task whose worker stopped heartbeating", extra={"task_id": task_id})
     report = AttemptReport(task_id, record.attempts, record.task_type, record.tenant, message_id)
     with attempt_span(record) as span:
-        report.status = _claimed(ctx, record, report, on_delta)
+        if provider is None or choice is not None:
+            report.error = choice.code if choice else "no_provider"
+            report.status = handle_failure(ctx, record, choice or ProviderUnavailable("no provider"),
+                                           run_id=record.run_id)
+        else:
+            report.status = _claimed(ctx, record, provider, ticket, report, on_delta)
         span.set_attribute("aiintegration.outcome", report.status)
     attempt_log.info("attempt %s of %s: %s", report.attempt, task_id, report.status,
                      extra={"task_id": task_id, "attempt": report.attempt, "provider": report.provider,
@@ -98,13 +128,9 @@ def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_t
     return report.status
 
 
-def _claimed(ctx: Context, record: TaskRecord, report: AttemptReport, on_delta: OnDelta | None) -> str:
+def _claimed(ctx: Context, record: TaskRecord, provider: Provider, ticket: quotas.Ticket | None,
+             report: AttemptReport, on_delta: OnDelta | None) -> str:
     run_id = record.run_id
-    try:
-        provider = ctx.router.choose(record.task_type, pinned=record.pinned_provider)
-    except AIIntegrationError as exc:
-        report.error = exc.code
-        return handle_failure(ctx, record, exc, run_id=run_id)
     report.provider = provider.name
     attempt = Attempt(record.id, run_id or "", deadline=record.deadline_at or time.time())
     request = GenerationRequest(record.task_type, record.request_content,
@@ -112,7 +138,8 @@ def _claimed(ctx: Context, record: TaskRecord, report: AttemptReport, on_delta: 
     report.model = provider.model_for(request)
     chat = stream_for(ctx, record)
     try:
-        return _attempt(ctx, record, provider, request, attempt, chat, chat.delta if chat else on_delta, report)
+        return _attempt(ctx, record, provider, request, attempt, chat, chat.delta if chat else on_delta, report,
+                        ticket)
     finally:
         if chat:
             chat.close()
@@ -140,7 +167,8 @@ def _report(ctx: Context, provider: Provider, at_fault: bool | None) -> None:
 
 
 def _attempt(ctx: Context, record: TaskRecord, provider: Provider, request: GenerationRequest,
-             attempt: Attempt, chat: ChatStream | None, on_delta: OnDelta | None, report: AttemptReport) -> str:
+             attempt: Attempt, chat: ChatStream | None, on_delta: OnDelta | None, report: AttemptReport,
+             ticket: quotas.Ticket | None) -> str:
     """The provider call of one claimed attempt and what its outcome makes of the task."""
     task_id, run_id = record.id, attempt.run_id
     started = time.monotonic()
@@ -153,6 +181,8 @@ def _attempt(ctx: Context, record: TaskRecord, provider: Provider, request: Gene
                                        else type(outcome.error).__name__)
             record_failure(span, kind)
             report.error = kind
+    if ticket is not None:
+        quotas.settle(ctx, ticket, outcome.value, outcome.error)
     if chat and (outcome.stopped or outcome.error is not None):
         chat.incomplete(outcome.stopped or type(outcome.error).__name__)
     if outcome.stopped == "timed_out":

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from aiintegration.domain.providers import ProviderConfig
-from aiintegration.domain.routing import Candidate, choose_provider
+from aiintegration.domain.routing import Candidate, alternatives, choose_provider
 from aiintegration.errors import NotFound
 from aiintegration.providers import build_provider, provider_class
 from aiintegration.providers.base import Provider
@@ -82,3 +82,10 @@ class Router:
         name = choose_provider(task_type, order=self._order, candidates=self._candidates,
                                blocked_for=self.blocked_for, pinned=pinned)
         return self.provider(name)
+
+    def alternatives(self, task_type: str, *, excluding: str) -> list[Provider]:
+        """Other providers that can take `task_type` now, in preference order."""
+        self._refresh()
+        return [self.provider(name) for name in alternatives(
+            task_type, order=self._order, candidates=self._candidates, blocked_for=self.blocked_for,
+            excluding=excluding)]

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiintegration.domain.limits import MAX_API_KEY, MAX_PROVIDER_TIMEOUT_S, MIN_API_KEY, TASK_TYPES
+from aiintegration.domain.quotas import ProviderLimits, limits_from_env, parse_limits
 from aiintegration.domain.submission import is_number
 from aiintegration.errors import ApiKeyRequired, ValidationError
 
-CONFIG_KEYS = frozenset({"api_key", "base_url", "models", "timeout_s", "enabled"})
+CONFIG_KEYS = frozenset({"api_key", "base_url", "models", "timeout_s", "enabled", "limits"})
 
 
 def redact_key(key: str | None) -> str | None:
@@ -37,6 +38,11 @@ class ProviderConfig:
     timeout_s: float = 120.0
     enabled: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
+    limits: Mapping[str, Any] = field(default_factory=dict)  # {"rpm", "tpm", "models": {...}}: domain/quotas.py
+
+    @property
+    def rate_limits(self) -> ProviderLimits:
+        return parse_limits(self.limits) if self.limits else ProviderLimits()
 
     def with_changes(self, **changes: Any) -> ProviderConfig:
         return replace(self, **changes)
@@ -45,7 +51,7 @@ class ProviderConfig:
         """Everything, the key included: for the store only."""
         return {"name": self.name, "kind": self.kind, "api_key": self.api_key, "base_url": self.base_url,
                 "models": dict(self.models), "timeout_s": self.timeout_s, "enabled": self.enabled,
-                "extra": dict(self.extra)}
+                "extra": dict(self.extra), "limits": dict(self.limits)}
 
     def public(self) -> dict[str, Any]:
         """The config as callers may see it: the key reduced to `sk-…abcd`."""
@@ -57,6 +63,7 @@ class ProviderConfig:
             "base_url": self.base_url,
             "api_key": redact_key(self.api_key),
             "timeout_s": self.timeout_s,
+            "limits": self.rate_limits.to_dict(),
         }
 
 
@@ -85,6 +92,11 @@ def validate_config_changes(config: Any, current: ProviderConfig | None = None) 
         errors["timeout_s"] = f"seconds from 1 to {MAX_PROVIDER_TIMEOUT_S:g}"
     if "enabled" in config and not isinstance(config["enabled"], bool):
         errors["enabled"] = "true or false"
+    if "limits" in config:
+        try:
+            parse_limits(config["limits"])
+        except ValidationError as exc:
+            errors.update(exc.details)
     if errors:
         raise ValidationError("invalid provider config", details=errors)
     moved = "base_url" in config and (current is None or config["base_url"] != current.base_url)
@@ -105,12 +117,15 @@ def default_configs(names: tuple[str, ...], env: Mapping[str, str], *,
         upper = name.upper().replace("-", "_")
         model = env.get(f"AII_PROVIDER_{upper}_MODEL")  # text and chat; each adapter has its default
         models = {"text_generation": model, "chat_completion": model} if model else {}
+        limits = limits_from_env(upper, env).to_dict()
+        limits = limits if any(limits.values()) else {}
         if name == "local":
-            out.append(ProviderConfig("local", "local", extra={"latency_ms": local_latency_ms}))
+            out.append(ProviderConfig("local", "local", extra={"latency_ms": local_latency_ms}, limits=limits))
         elif name in ("openai", "anthropic"):
             out.append(ProviderConfig(name, name, api_key=env.get(f"{upper}_API_KEY"),
-                                      base_url=env.get(f"{upper}_BASE_URL"), models=models))
+                                      base_url=env.get(f"{upper}_BASE_URL"), models=models, limits=limits))
         else:
             out.append(ProviderConfig(name, "openai_compatible", api_key=env.get(f"AII_PROVIDER_{upper}_API_KEY"),
-                                      base_url=env.get(f"AII_PROVIDER_{upper}_BASE_URL"), models=models))
+                                      base_url=env.get(f"AII_PROVIDER_{upper}_BASE_URL"), models=models,
+                                      limits=limits))
     return out

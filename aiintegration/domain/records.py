@@ -93,6 +93,7 @@ class TaskRecord:
     chat_session_id: str | None = None
     chat_message_id: str | None = None
     trace_context: str | None = None  # the W3C traceparent of the request that created it (tracing on)
+    throttled_at: float | None = None  # first refused a provider's quota, for the attempt waiting now
 
     @property
     def max_retries(self) -> int:
@@ -178,7 +179,7 @@ _FIELD_KINDS: dict[str, Any] = {
     "worker_id": str, "result": json.loads, "error": json.loads, "created_at": float, "started_at": float,
     "finished_at": float, "updated_at": float, "deadline_at": float, "enqueued_at": float, "retry_at": float,
     "lease_until": float, "run_id": str, "idempotency_key": str, "auto_retries": int, "budget_from": int,
-    "cost": float, "cancel_reason": str, "tenant": str, "chat_session_id": str, "chat_message_id": str, "trace_context": str,
+    "cost": float, "cancel_reason": str, "tenant": str, "chat_session_id": str, "chat_message_id": str, "trace_context": str, "throttled_at": float,
     "max_retries": int, "timeout_s": float,  # derived from the options; read back from them
 }
 _DERIVED = frozenset({"max_retries", "timeout_s"})

@@ -48,3 +48,11 @@ def choose_provider(task_type: str, *, order: Sequence[str], candidates: Mapping
             waits.append(wait)
     raise ProviderUnavailable(f"every provider for {task_type} is disabled or has an open circuit breaker",
                               retry_after=min(waits) if waits else None)
+
+
+def alternatives(task_type: str, *, order: Sequence[str], candidates: Mapping[str, Candidate],
+                 blocked_for: Callable[[str], float], excluding: str) -> list[str]:
+    """The other providers that could take the attempt now, in preference order (a quota
+    failover: the chosen one has no room for longer than the task can wait)."""
+    return [name for name in order if name != excluding and name in candidates
+            and task_type in candidates[name].capabilities and candidates[name].enabled and blocked_for(name) <= 0]

@@ -17,6 +17,7 @@ from aiintegration.providers.base import (
     Provider,
     ShouldStop,
     Usage,
+    anthropic_rate_limits,
     connection_failure,
     error_for_status,
     parse_retry_after,
@@ -66,6 +67,15 @@ def _translate(exc: Exception, provider: str) -> errors.AIIntegrationError:
     raise exc
 
 
+def _usage(usage: Any) -> Usage:
+    """Anthropic counts cache reads and writes apart from `input_tokens`; ours counts every
+    prompt token there and prices the cached ones apart."""
+    read = int(getattr(usage, "cache_read_input_tokens", 0) or 0)
+    written = int(getattr(usage, "cache_creation_input_tokens", 0) or 0)
+    return Usage(int(usage.input_tokens or 0) + read + written, int(usage.output_tokens or 0),
+                 cached_input_tokens=read, cache_write_tokens=written)
+
+
 class AnthropicProvider(Provider):
     kind = "anthropic"
     capabilities = frozenset({"text_generation", "chat_completion"})
@@ -94,19 +104,20 @@ class AnthropicProvider(Provider):
     def generate(self, request: GenerationRequest) -> Generation:
         params = self._params(request)
         with self._sdk_errors():
-            reply = self.client.with_options(timeout=min(request.timeout_s, self.config.timeout_s)).messages.create(
-                **params)
+            raw = self.client.with_options(timeout=min(request.timeout_s, self.config.timeout_s)) \
+                .messages.with_raw_response.create(**params)
+            reply = raw.parse()
         text = "".join(getattr(block, "text", "") for block in reply.content or [])
         if reply.stop_reason == "refusal":
             raise errors.ContentRejected("the provider refused the request", provider=self.name)
-        return Generation(self.name, reply.model or params["model"], text=text,
-                          usage=Usage(reply.usage.input_tokens, reply.usage.output_tokens),
-                          finish_reason=reply.stop_reason)
+        return Generation(self.name, reply.model or params["model"], text=text, usage=_usage(reply.usage),
+                          finish_reason=reply.stop_reason, rate_limits=anthropic_rate_limits(raw.headers))
 
     def stream(self, request: GenerationRequest, should_stop: ShouldStop) -> Iterator[str | Generation]:
         params = self._params(request)
         client = self.client.with_options(timeout=min(request.timeout_s, self.config.timeout_s))
         with self._sdk_errors(), client.messages.stream(**params) as stream:
+            limits = anthropic_rate_limits(stream.response.headers)
             for text in stream.text_stream:
                 if should_stop():
                     return
@@ -114,8 +125,7 @@ class AnthropicProvider(Provider):
             final = stream.get_final_message()
         yield Generation(self.name, final.model or params["model"],
                          text="".join(getattr(b, "text", "") for b in final.content or []),
-                         usage=Usage(final.usage.input_tokens, final.usage.output_tokens),
-                         finish_reason=final.stop_reason)
+                         usage=_usage(final.usage), finish_reason=final.stop_reason, rate_limits=limits)
 
     def check(self) -> None:
         self.generate(GenerationRequest("text_generation", {"prompt": "ping", "max_tokens": 1}, timeout_s=10))

@@ -10,12 +10,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
 from aiintegration import errors
 from aiintegration.domain.limits import TASK_TYPES
 from aiintegration.domain.providers import ProviderConfig
+from aiintegration.domain.quotas import RateLimitInfo, go_duration_s
 
 ShouldStop = Callable[[], bool]
 Translate = Callable[[Exception], errors.AIIntegrationError]
@@ -70,8 +72,14 @@ class GenerationRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens of one answer. `input_tokens` counts every prompt token, the cached ones
+    included; `cached_input_tokens` (read from the provider's prompt cache) and
+    `cache_write_tokens` (written to it, Anthropic) are priced apart (domain/pricing.py)."""
+
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +92,7 @@ class Generation:
     images: tuple[Mapping[str, str], ...] = ()
     usage: Usage = Usage()
     finish_reason: str | None = None
+    rate_limits: RateLimitInfo | None = None  # what the provider's answer said about its limits
 
     def to_result(self) -> dict[str, Any]:
         if self.text is None:
@@ -168,3 +177,49 @@ def error_for_status(status: int, message: str, *, provider: str, retry_after: f
     if status in (401, 403):
         return errors.AuthenticationFailed(message, provider=provider)
     return errors.InvalidRequest(message, provider=provider)
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(float(value)) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def openai_rate_limits(headers: Mapping[str, str] | None) -> RateLimitInfo | None:
+    """OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (resets like "6m0s")."""
+    if not headers:
+        return None
+
+    def reset(name: str) -> float | None:
+        value = headers.get(name)
+        return go_duration_s(value) if value else None
+
+    info = RateLimitInfo(
+        _int(headers.get("x-ratelimit-limit-requests")), _int(headers.get("x-ratelimit-remaining-requests")),
+        reset("x-ratelimit-reset-requests"), _int(headers.get("x-ratelimit-limit-tokens")),
+        _int(headers.get("x-ratelimit-remaining-tokens")), reset("x-ratelimit-reset-tokens"))
+    return None if info.empty else info
+
+
+def anthropic_rate_limits(headers: Mapping[str, str] | None, *, now: float | None = None) -> RateLimitInfo | None:
+    """Anthropic's `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` (resets as
+    RFC 3339 times)."""
+    if not headers:
+        return None
+    now = time.time() if now is None else now
+
+    def reset(name: str) -> float | None:
+        value = headers.get(name)
+        if not value:
+            return None
+        try:
+            return max(0.0, datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() - now)
+        except ValueError:
+            return None
+
+    info = RateLimitInfo(
+        _int(headers.get("anthropic-ratelimit-requests-limit")), _int(headers.get("anthropic-ratelimit-requests-remaining")),
+        reset("anthropic-ratelimit-requests-reset"), _int(headers.get("anthropic-ratelimit-tokens-limit")),
+        _int(headers.get("anthropic-ratelimit-tokens-remaining")), reset("anthropic-ratelimit-tokens-reset"))
+    return None if info.empty else info

@@ -18,6 +18,7 @@ from aiintegration.providers.base import (
     Usage,
     connection_failure,
     error_for_status,
+    openai_rate_limits,
     parse_retry_after,
     sdk_errors,
 )
@@ -59,10 +60,17 @@ def _chunk(chunk: Any, model: str) -> tuple[str, Usage | None, str | None, list[
         if text:
             texts.append(str(text))
     try:
-        counted = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)) if usage else None
-    except TypeError:
+        counted = _usage(usage) if usage else None
+    except (TypeError, AttributeError):
         raise ValueError("malformed usage") from None
     return str(chunk.get("model") or model), counted, finish, texts
+
+
+def _usage(usage: dict[str, Any]) -> Usage:
+    """OpenAI's usage object (a dict): prompt tokens include the cached ones."""
+    details = usage.get("prompt_tokens_details") or {}
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+                 cached_input_tokens=int(details.get("cached_tokens") or 0))
 
 
 class OpenAIProvider(Provider):
@@ -88,24 +96,25 @@ class OpenAIProvider(Provider):
         model = self.model_for(request)
         with self._sdk_errors():
             if request.task_type == "image_generation":
-                image = client.images.generate(model=model, prompt=str(request.content["prompt"]), n=1,
-                                               size=request.content.get("size", "1024x1024"),
-                                               response_format="b64_json")
-                data = image.data or []
+                raw_image = client.images.with_raw_response.generate(
+                    model=model, prompt=str(request.content["prompt"]), n=1,
+                    size=request.content.get("size", "1024x1024"), response_format="b64_json")
+                data = raw_image.parse().data or []
                 return Generation(self.name, model, images=tuple(
-                    {"b64_png": d.b64_json} if d.b64_json else {"url": d.url or ""} for d in data))
-            reply = client.chat.completions.create(model=model, messages=self._messages(request),
-                                                   max_tokens=request.max_tokens)
+                    {"b64_png": d.b64_json} if d.b64_json else {"url": d.url or ""} for d in data),
+                    rate_limits=openai_rate_limits(raw_image.headers))
+            raw = client.chat.completions.with_raw_response.create(model=model, messages=self._messages(request),
+                                                                   max_tokens=request.max_tokens)
+            reply = raw.parse()
         try:
             choice = reply.choices[0]
         except (IndexError, TypeError, AttributeError):
             raise errors.ProviderUnavailable("the provider sent no choices", provider=self.name) from None
         if choice.finish_reason == "content_filter":
             raise errors.ContentRejected("the provider filtered the answer", provider=self.name)
-        usage = reply.usage
         return Generation(self.name, reply.model or model, text=choice.message.content or "",
-                          usage=Usage(usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0),
-                          finish_reason=choice.finish_reason)
+                          usage=_usage(reply.usage.model_dump()) if reply.usage else Usage(),
+                          finish_reason=choice.finish_reason, rate_limits=openai_rate_limits(raw.headers))
 
     def stream(self, request: GenerationRequest, should_stop: ShouldStop) -> Iterator[str | Generation]:
         """The chat completions streaming API through the SDK's own request, SSE decoding and
@@ -124,6 +133,7 @@ class OpenAIProvider(Provider):
         with self._sdk_errors():
             stream = client.post("/chat/completions", body=body, cast_to=object, stream=True,
                                  stream_cls=openai.Stream[object])
+            limits = openai_rate_limits(stream.response.headers)
             with stream:
                 for chunk in stream:
                     if should_stop():
@@ -135,7 +145,8 @@ class OpenAIProvider(Provider):
                         yield text
         if finish is None:
             raise errors.ProviderUnavailable("the stream ended without a finish reason", provider=self.name)
-        yield Generation(self.name, served_model, text="".join(parts), usage=usage, finish_reason=finish)
+        yield Generation(self.name, served_model, text="".join(parts), usage=usage, finish_reason=finish,
+                         rate_limits=limits)
 
     def check(self) -> None:
         with self._sdk_errors():

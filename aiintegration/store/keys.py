@@ -71,6 +71,26 @@ class Keys:
         """The event feeds a tenant has open (sorted set: feed id → lease end)."""
         return f"{self.prefix}:feeds:{tenant}"
 
+    # provider quotas: one bucket per provider, or per model with limits of its own ("*" = shared)
+    def quota(self, provider: str, bucket: str) -> str:
+        return f"{self.prefix}:quota:{{{provider}}}:{bucket}"
+
+    def quota_log(self, provider: str, bucket: str) -> str:
+        return f"{self.prefix}:quota:{{{provider}}}:{bucket}:log"
+
+    def quota_amounts(self, provider: str, bucket: str) -> str:
+        return f"{self.prefix}:quota:{{{provider}}}:{bucket}:amounts"
+
+    def quota_waiting(self, provider: str, bucket: str) -> str:
+        return f"{self.prefix}:quota:{{{provider}}}:{bucket}:waiting"
+
+    def quota_needs(self, provider: str, bucket: str) -> str:
+        return f"{self.prefix}:quota:{{{provider}}}:{bucket}:needs"
+
+    def quota_clocks(self, provider: str, bucket: str) -> str:
+        """Per tenant, the virtual time of its last place in the wait line (fair share)."""
+        return f"{self.prefix}:quota:{{{provider}}}:{bucket}:clocks"
+
     # operations
     @property
     def metrics(self) -> str:

@@ -61,7 +61,7 @@ return {1, id}
 """
 
 # KEYS: task, task stream, global stream
-# ARGV: prefix, now, now iso, worker_id, run_id, lease_s, max_processing_time, tmax, gmax
+# ARGV: prefix, now, now iso, worker_id, run_id, lease_s, max_processing_time, tmax, gmax, provider
 # Claims a queued task, a retrying task that is due, or a running task whose lease has
 # expired (its worker died). Returns {1, old status, hash...} or {0, current status}.
 CLAIM = _EMIT + """
@@ -81,6 +81,11 @@ local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 local since = tonumber(redis.call('HGET', KEYS[1], 'enqueued_at')) or now
 if st == 'retrying' then since = tonumber(redis.call('HGET', KEYS[1], 'retry_at')) or since end
 observe(p, 'aii_task_queue_wait_seconds', 'task_type=' .. redis.call('HGET', KEYS[1], 'task_type'), math.max(0, now - since))
+local throttled = tonumber(redis.call('HGET', KEYS[1], 'throttled_at'))
+if throttled then  -- admitted after waiting for a provider's quota
+  observe(p, 'aii_ratelimit_wait_seconds', 'provider=' .. ARGV[10], math.max(0, now - throttled))
+  redis.call('HDEL', KEYS[1], 'throttled_at')
+end
 local timeout = math.min(tonumber(redis.call('HGET', KEYS[1], 'timeout_s')) or 300, tonumber(ARGV[7]))
 local deadline = now + timeout
 local lease = now + tonumber(ARGV[6])
@@ -223,5 +228,27 @@ if not id then return 0 end
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('ZADD', p .. ':idx:expiry', now + ttl, '2|' .. id .. '|' .. st .. '|' .. (tenant or 'default') .. '|' .. by)
+return 1
+"""
+
+
+# KEYS: task, task stream, global stream. ARGV: prefix, event type, event data, tmax, gmax, metrics,
+#       then field, value pairs set only where the record has none yet.
+# An event that changes no state (task.throttled): appended to both streams with its metrics.
+# Returns 0 when the task does not exist.
+NOTE = _EMIT + """
+local p = ARGV[1]
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 7, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for pair in string.gmatch(ARGV[6], '[^;]+') do
+  local field, by = string.match(pair, '^(.*)=([^=]+)$')
+  if string.sub(field, 1, 1) == '~' then
+    local name, labels = string.match(string.sub(field, 2), '^([^|]*)|(.*)$')
+    observe(p, name, labels, tonumber(by))
+  else
+    count(p, field, tonumber(by))
+  end
+end
+emit(KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[2], ARGV[3])
 return 1
 """

@@ -62,6 +62,7 @@ class TaskStore:
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
         self._compact = client.register_script(scripts.COMPACT)
         self._retain = client.register_script(scripts.RETAIN)
+        self._note = client.register_script(scripts.NOTE)
 
     def _script_keys(self, task_id: str) -> list[str]:
         return [self.keys.task(task_id), self.keys.task_stream(task_id), self.keys.global_stream]
@@ -93,13 +94,13 @@ class TaskStore:
         return str(tid), bool(outcome)
 
     def claim(self, task_id: str, *, worker_id: str, lease_s: float, max_processing_time: float,
-              now: float | None = None) -> Claim:
+              provider: str = "", now: float | None = None) -> Claim:
         """Start an attempt: a queued task, a retrying one that is due, or a running one whose
         lease ran out. The claimed record carries the attempt's fresh `run_id`."""
         now = time.time() if now is None else now
         out = self._claim(keys=self._script_keys(task_id), args=[
             self.keys.prefix, now, iso(now) or "", worker_id, uuid.uuid4().hex, lease_s, max_processing_time,
-            *self.maxlens])
+            *self.maxlens, provider])
         if not out[0]:
             return Claim(False, str(out[1]))
         flat = out[2:]
@@ -131,6 +132,17 @@ class TaskStore:
             argv += [k, encode_field(v)]
         done, before = self._transition(keys=self._script_keys(task_id), args=argv)
         return bool(done), str(before)
+
+    def note(self, task_id: str, event: str, event_fields: Mapping[str, Any], *, metrics: Sequence[Sample] = (),
+             first: Mapping[str, Any] | None = None, now: float | None = None) -> bool:
+        """An event that changes no state (e.g. `task.throttled`), with its metrics; `first`
+        fields are set only where the record has none yet. False when the task is gone."""
+        now = time.time() if now is None else now
+        argv: list[Any] = [self.keys.prefix, event, event_data(event, task_id, now, **event_fields), *self.maxlens,
+                           encode_samples(metrics)]
+        for k, v in (first or {}).items():
+            argv += [k, encode_field(v)]
+        return bool(self._note(keys=self._script_keys(task_id), args=argv))
 
     def heartbeat(self, attempts: Sequence[tuple[str, str]], *, lease_until: float) -> list[str]:
         """Extend the leases of (task_id, run_id) pairs; returns 'ok' or the current status."""

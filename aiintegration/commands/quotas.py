@@ -1,0 +1,123 @@
+"""Admission, not rejection: before an attempt calls a provider it reserves a request and its
+estimated tokens in that provider's shared bucket (store/quotas.py). When the bucket cannot
+cover it the attempt is not made and not counted: the task stays where it was (queued or
+retrying), emits `task.throttled`, and its message comes back when the bucket can cover it
+— or the attempt moves to another capable provider with room when the first has none for
+longer than the task can wait. After the call the reservation is settled to the real usage
+and the provider's rate-limit headers are learned; a 429 pauses the bucket for everyone."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from aiintegration.commands.context import Context
+from aiintegration.domain.quotas import RateLimits, estimate_tokens
+from aiintegration.domain.records import TaskRecord, iso
+from aiintegration.errors import RateLimited
+from aiintegration.providers.base import Generation, GenerationRequest, Provider
+from aiintegration.store.metrics import counter
+from aiintegration.store.quotas import Admission
+
+log = logging.getLogger(__name__)
+DEFAULT_PAUSE_S = 1.0  # a 429 without Retry-After
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """An admitted attempt's reservation."""
+
+    provider: str
+    bucket: str
+    limits: RateLimits
+    reservation: str
+    estimate: int
+    prompt_estimate: int
+
+
+@dataclass(frozen=True)
+class Refusal:
+    provider: str
+    admission: Admission
+
+
+def _estimate(request: GenerationRequest) -> tuple[int, int]:
+    """(prompt + all the output it may produce, prompt alone)."""
+    system, messages = request.system_and_messages()
+    prompt = estimate_tokens(system, messages, 0)
+    return prompt + request.max_tokens, prompt
+
+
+def _ask(ctx: Context, record: TaskRecord, provider: Provider, request: GenerationRequest) -> Ticket | Refusal:
+    bucket, limits = provider.config.rate_limits.bucket(provider.model_for(request))
+    estimate, prompt = _estimate(request)
+    reservation = f"{record.id}.{record.attempts + 1}.{uuid.uuid4().hex[:8]}"
+    admission = ctx.quotas.admit(provider.name, bucket, limits, waiter=record.id, reservation=reservation,
+                                 priority=record.priority, tenant=record.tenant,
+                                 weight=ctx.settings.tenant_weights.get(record.tenant, 1.0), tokens=estimate)
+    if admission.admitted:
+        return Ticket(provider.name, bucket, limits, reservation, estimate, prompt)
+    return Refusal(provider.name, admission)
+
+
+def admit(ctx: Context, record: TaskRecord, provider: Provider,
+          request: GenerationRequest) -> tuple[Provider, Ticket | Refusal]:
+    """A reservation for this attempt on `provider`, or on another capable one with room when
+    `provider` has none for longer than the task can wait (an unpinned task only)."""
+    answer = _ask(ctx, record, provider, request)
+    if isinstance(answer, Ticket) or record.pinned_provider or answer.admission.wait_s <= record.timeout_s:
+        return provider, answer
+    for other in ctx.router.alternatives(record.task_type, excluding=provider.name):
+        moved = _ask(ctx, record, other, request)
+        if isinstance(moved, Ticket):
+            ctx.quotas.leave(provider.name, bucket_of(provider, request), record.id)
+            log.info("no room at %s for %.1fs: the attempt goes to %s", provider.name, answer.admission.wait_s,
+                     other.name, extra={"task_id": record.id})
+            return other, moved
+        ctx.quotas.leave(other.name, bucket_of(other, request), record.id)
+    return provider, answer
+
+
+def bucket_of(provider: Provider, request: GenerationRequest) -> str:
+    return provider.config.rate_limits.bucket(provider.model_for(request))[0]
+
+
+def throttle(ctx: Context, record: TaskRecord, refusal: Refusal) -> str:
+    """Not admitted: the task keeps its status, says why, and its message comes back when the
+    bucket can cover it (at most AII_QUOTA_MAX_COUNTDOWN_S later, to ask again)."""
+    wait = refusal.admission.wait_s
+    now = ctx.clock()
+    ctx.tasks.note(record.id, "task.throttled", {"provider": refusal.provider, "until": iso(now + wait),
+                                                 "reason": refusal.admission.reason},
+                   metrics=[counter("aii_throttled_total", 1, provider=refusal.provider,
+                                    reason=refusal.admission.reason.removesuffix("_queued"))],
+                   first={"throttled_at": now}, now=now)
+    ctx.enqueue(record.id, record.priority, max(0.05, min(wait, ctx.settings.quota_max_countdown_s)),
+                attempt=record.attempts + 1)
+    return "throttled"
+
+
+def give_back(ctx: Context, ticket: Ticket) -> None:
+    ctx.quotas.give_back(ticket.provider, ticket.bucket, ticket.reservation)
+
+
+def settle(ctx: Context, ticket: Ticket, generation: Generation | None, error: BaseException | None) -> None:
+    """The reservation becomes the real usage (the prompt estimate when the call failed; nothing
+    for a 429, which the provider did not count), what the provider said is learned, and a
+    429 pauses the bucket for everyone until its Retry-After."""
+    try:
+        if generation is not None:
+            usage = generation.usage
+            ctx.quotas.settle(ticket.provider, ticket.bucket, ticket.reservation,
+                              usage.input_tokens + usage.output_tokens)
+        elif isinstance(error, RateLimited):
+            ctx.quotas.give_back(ticket.provider, ticket.bucket, ticket.reservation)
+        else:
+            ctx.quotas.settle(ticket.provider, ticket.bucket, ticket.reservation, ticket.prompt_estimate)
+        info = generation.rate_limits if generation is not None else None
+        pause = (error.retry_after or DEFAULT_PAUSE_S) if isinstance(error, RateLimited) else None
+        if info is not None or pause is not None:
+            ctx.quotas.learn(ticket.provider, ticket.bucket, ticket.limits, info, pause_s=pause)
+    except Exception:  # noqa: BLE001 - quota bookkeeping must not fail a finished attempt
+        log.warning("could not settle a quota reservation", exc_info=True)

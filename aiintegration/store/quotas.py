@@ -1,0 +1,304 @@
+"""Provider quotas enforced across every worker process: one bucket per provider (or per
+model with limits of its own), a sliding-window log of reservations, and a wait line that
+decides who gets capacity when there is not enough for everyone.
+
+- A reservation is one request plus its estimated tokens, logged at admission
+  (`Keys.quota_log`, score = time; amounts in `Keys.quota_amounts` as "<requests> <tokens>")
+  and settled to the real usage after the call, so estimates never leak capacity. The window
+  is a strict 60 s sliding window: stricter than the providers' own token buckets, so what it
+  admits they admit.
+- Waiting callers queue in `Keys.quota_waiting`, ranked by priority band (9 first) and,
+  within a band, by a weighted-fair virtual time per tenant: a tenant's burst of 10,000 and
+  another's trickle alternate. A caller is admitted only when the capacity left covers it and
+  everyone ranked ahead of it, so a priority-9 task that arrives behind a throttled backlog
+  gets the next slot. A waiter that does not come back in time loses its place.
+- The provider's headers move the bucket (learned limits when none are configured, its
+  remaining counts as a floor), and a 429 pauses the bucket for everyone until its reset.
+
+All of it is a few Lua scripts: the `limits` and `pyrate-limiter` libraries count hits in a
+window (with weights) but cannot settle a reservation afterwards, hold a ranked wait line,
+or be told by the provider what is left (README, "Provider quotas").
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+from aiintegration.domain.quotas import WINDOW_S, RateLimitInfo, RateLimits
+from aiintegration.store.keys import Keys
+
+_EXPIRE = """
+local function expire_old(bucket, log, amounts, now, window)
+  while true do
+    local old = redis.call('ZRANGEBYSCORE', log, '-inf', now - window, 'LIMIT', 0, 500)
+    if #old == 0 then return end
+    local amts = redis.call('HMGET', amounts, unpack(old))
+    local req, tok = 0, 0
+    for _, a in ipairs(amts) do
+      if a then
+        local r, t = string.match(a, '^(%S+) (%S+)$')
+        req = req + tonumber(r); tok = tok + tonumber(t)
+      end
+    end
+    redis.call('HINCRBYFLOAT', bucket, 'used_requests', -req)
+    redis.call('HINCRBYFLOAT', bucket, 'used_tokens', -tok)
+    redis.call('ZREM', log, unpack(old))
+    redis.call('HDEL', amounts, unpack(old))
+  end
+end
+local function limits(bucket, rpm, tpm)
+  if rpm <= 0 then rpm = tonumber(redis.call('HGET', bucket, 'learned_rpm') or '0') end
+  if tpm <= 0 then tpm = tonumber(redis.call('HGET', bucket, 'learned_tpm') or '0') end
+  return rpm, tpm
+end
+-- seconds until `need` more of the dimension (1: requests, 2: tokens) has left the window
+local function wait_for(log, amounts, now, window, need, dim)
+  if need <= 0 then return 0 end
+  local freed = 0
+  local rows = redis.call('ZRANGE', log, 0, 999, 'WITHSCORES')
+  for i = 1, #rows, 2 do
+    local a = redis.call('HGET', amounts, rows[i])
+    if a then
+      local r, t = string.match(a, '^(%S+) (%S+)$')
+      freed = freed + tonumber(dim == 1 and r or t)
+      if freed >= need then return math.max(tonumber(rows[i + 1]) + window - now, 0.001) end
+    end
+  end
+  return window
+end
+"""
+
+# KEYS: bucket, log, amounts, waiting, needs, tenant clocks
+# ARGV: now, window, reservation id, waiter id, priority (0-9), tenant, weight, tokens, rpm, tpm,
+#       waiter grace s, scan limit
+# Returns {1, requests left, tokens left} when admitted (-1: unlimited), or {0, wait s, reason}.
+ADMIT = _EXPIRE + """
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rid, wid, prio, tenant, weight = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+local est = tonumber(ARGV[8])
+local rpm, tpm = limits(KEYS[1], tonumber(ARGV[9]), tonumber(ARGV[10]))
+expire_old(KEYS[1], KEYS[2], KEYS[3], now, window)
+if tpm > 0 and est > tpm then est = tpm end  -- larger than the whole limit: it takes all of it
+local used_req = tonumber(redis.call('HGET', KEYS[1], 'used_requests') or '0')
+local used_tok = tonumber(redis.call('HGET', KEYS[1], 'used_tokens') or '0')
+local paused = tonumber(redis.call('HGET', KEYS[1], 'paused_until') or '0')
+local score = tonumber(redis.call('ZSCORE', KEYS[4], wid))
+local vt
+if score then
+  vt = score - (9 - prio) * 1e12
+else
+  local vnow = tonumber(redis.call('HGET', KEYS[1], 'vnow') or '0')
+  vt = math.max(vnow, tonumber(redis.call('HGET', KEYS[6], tenant) or '0')) + 1 / weight
+  score = (9 - prio) * 1e12 + vt
+end
+local ahead_req, ahead_tok = 0, 0
+local ahead = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. string.format('%.17g', score),
+                        'LIMIT', 0, tonumber(ARGV[12]))
+for _, other in ipairs(ahead) do
+  local need = other ~= wid and redis.call('HGET', KEYS[5], other)
+  local tokens, expires = 0, 0
+  if need then tokens, expires = string.match(need, '^(%S+) (%S+)$') end
+  if other == wid then
+    -- itself (a rounding of the bound): not ahead
+  elseif not need or tonumber(expires) < now then  -- it did not come back: its place goes
+    redis.call('ZREM', KEYS[4], other)
+    redis.call('HDEL', KEYS[5], other)
+  else
+    ahead_req = ahead_req + 1
+    ahead_tok = ahead_tok + tonumber(tokens)
+  end
+end
+local fits_req = rpm <= 0 or used_req + ahead_req + 1 <= rpm
+local fits_tok = tpm <= 0 or used_tok + ahead_tok + est <= tpm
+if now >= paused and fits_req and fits_tok then
+  redis.call('ZADD', KEYS[2], now, rid)
+  redis.call('HSET', KEYS[3], rid, '1 ' .. est)
+  redis.call('HINCRBYFLOAT', KEYS[1], 'used_requests', 1)
+  redis.call('HINCRBYFLOAT', KEYS[1], 'used_tokens', est)
+  redis.call('ZREM', KEYS[4], wid)
+  redis.call('HDEL', KEYS[5], wid)
+  if vt > tonumber(redis.call('HGET', KEYS[1], 'vnow') or '0') then redis.call('HSET', KEYS[1], 'vnow', vt) end
+  for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, 86400) end
+  return {1, rpm > 0 and tostring(rpm - used_req - 1) or '-1', tpm > 0 and tostring(tpm - used_tok - est) or '-1'}
+end
+local wait, reason = 0, 'paused'
+if now < paused then wait = paused - now end
+if not fits_req then
+  local w = wait_for(KEYS[2], KEYS[3], now, window, used_req + ahead_req + 1 - rpm, 1)
+  if w > wait then wait, reason = w, 'requests' end
+end
+if not fits_tok then
+  local w = wait_for(KEYS[2], KEYS[3], now, window, used_tok + ahead_tok + est - tpm, 2)
+  if w > wait then wait, reason = w, 'tokens' end
+end
+if ahead_req > 0 and reason ~= 'paused' then reason = reason .. '_queued' end
+redis.call('ZADD', KEYS[4], score, wid)
+redis.call('HSET', KEYS[5], wid, est .. ' ' .. (now + wait + tonumber(ARGV[11])))
+redis.call('HSET', KEYS[6], tenant, vt)
+for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, 86400) end
+return {0, tostring(wait), reason}
+"""
+
+# KEYS: bucket, amounts, log. ARGV: reservation id, real tokens (-1: give the reservation back
+# whole), now. A settled reservation counts from when the call ended: the provider counted it
+# when it arrived, which was after we admitted it — never later than this.
+SETTLE = """
+local a = redis.call('HGET', KEYS[2], ARGV[1])
+if not a then return 0 end
+local r, t = string.match(a, '^(%S+) (%S+)$')
+local real = tonumber(ARGV[2])
+if real < 0 then
+  redis.call('HINCRBYFLOAT', KEYS[1], 'used_requests', -tonumber(r))
+  redis.call('HINCRBYFLOAT', KEYS[1], 'used_tokens', -tonumber(t))
+  redis.call('HSET', KEYS[2], ARGV[1], '0 0')
+else
+  redis.call('HINCRBYFLOAT', KEYS[1], 'used_tokens', real - tonumber(t))
+  redis.call('HSET', KEYS[2], ARGV[1], r .. ' ' .. real)
+  redis.call('ZADD', KEYS[3], 'XX', ARGV[3], ARGV[1])
+end
+return 1
+"""
+
+# KEYS: bucket, log, amounts. ARGV: now, window, rpm, tpm (configured; 0 = learn), limit req,
+# remaining req, reset req s, limit tok, remaining tok, reset tok s, pause s ('' = unknown)
+# What the provider said: learned limits (used where none is configured), its remaining counts
+# as a floor (another client on the same account used the rest: held until its reset), and a
+# pause (a 429's Retry-After) for everyone.
+LEARN = _EXPIRE + """
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local function num(i) if ARGV[i] == '' then return nil end return tonumber(ARGV[i]) end
+if num(5) then redis.call('HSET', KEYS[1], 'learned_rpm', num(5)) end
+if num(8) then redis.call('HSET', KEYS[1], 'learned_tpm', num(8)) end
+local rpm, tpm = limits(KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
+expire_old(KEYS[1], KEYS[2], KEYS[3], now, window)
+local used_req = tonumber(redis.call('HGET', KEYS[1], 'used_requests') or '0')
+local used_tok = tonumber(redis.call('HGET', KEYS[1], 'used_tokens') or '0')
+local function hold(dim, limit, used, remaining, reset)
+  if not remaining or not reset or limit <= 0 then return end
+  local extra = (limit - used) - remaining
+  if extra <= 0 then return end
+  local id = 'provider:' .. dim .. ':' .. now
+  local amount = dim == 'req' and (extra .. ' 0') or ('0 ' .. extra)
+  redis.call('ZADD', KEYS[2], now - window + math.min(reset, window), id)
+  redis.call('HSET', KEYS[3], id, amount)
+  redis.call('HINCRBYFLOAT', KEYS[1], dim == 'req' and 'used_requests' or 'used_tokens', extra)
+end
+hold('req', rpm, used_req, num(6), num(7))
+hold('tok', tpm, used_tok, num(9), num(10))
+if num(11) then
+  local until_ = now + num(11)
+  if until_ > tonumber(redis.call('HGET', KEYS[1], 'paused_until') or '0') then
+    redis.call('HSET', KEYS[1], 'paused_until', until_)
+  end
+end
+for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, 86400) end
+return 1
+"""
+
+# KEYS: bucket, log, amounts. ARGV: now, window, rpm, tpm.
+# Returns {rpm, tpm, requests left, tokens left, paused s} (-1: not limited).
+STATE = _EXPIRE + """
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rpm, tpm = limits(KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
+expire_old(KEYS[1], KEYS[2], KEYS[3], now, window)
+local used_req = tonumber(redis.call('HGET', KEYS[1], 'used_requests') or '0')
+local used_tok = tonumber(redis.call('HGET', KEYS[1], 'used_tokens') or '0')
+local paused = tonumber(redis.call('HGET', KEYS[1], 'paused_until') or '0')
+return {tostring(rpm), tostring(tpm), rpm > 0 and tostring(math.max(rpm - used_req, 0)) or '-1',
+        tpm > 0 and tostring(math.max(tpm - used_tok, 0)) or '-1', tostring(math.max(paused - now, 0))}
+"""
+
+
+@dataclass(frozen=True)
+class Admission:
+    admitted: bool
+    reservation: str  # settle() or give_back() with it
+    wait_s: float = 0.0  # when refused: until the bucket can cover this request and those ahead
+    reason: str = ""  # "requests" | "tokens" | "paused", "_queued" when others wait ahead
+    requests_left: int = -1  # -1: not limited
+    tokens_left: int = -1
+
+
+@dataclass(frozen=True)
+class BucketState:
+    limits: RateLimits  # in force: configured, else learned (0: none)
+    requests_left: int  # -1: not limited
+    tokens_left: int
+    paused_s: float
+
+
+# The window is held 2% longer than the provider's: a request we admit as an old one leaves
+# our window reaches the provider a few milliseconds later, when the old one has left its too.
+WINDOW_MARGIN = 1.02
+
+
+class QuotaStore:
+    def __init__(self, client: redis.Redis, *, keys: Keys, window_s: float = WINDOW_S, waiter_grace_s: float = 10.0,
+                 scan_limit: int = 256):
+        self.r, self.keys, self.window_s = client, keys, window_s * WINDOW_MARGIN
+        self.waiter_grace_s, self.scan_limit = waiter_grace_s, scan_limit
+        self._admit = client.register_script(ADMIT)
+        self._settle = client.register_script(SETTLE)
+        self._learn = client.register_script(LEARN)
+        self._state = client.register_script(STATE)
+
+    def _bucket_keys(self, provider: str, bucket: str) -> list[str]:
+        return [self.keys.quota(provider, bucket), self.keys.quota_log(provider, bucket),
+                self.keys.quota_amounts(provider, bucket)]
+
+    def admit(self, provider: str, bucket: str, limits: RateLimits, *, waiter: str, reservation: str,
+              priority: int, tenant: str, weight: float, tokens: int, now: float | None = None) -> Admission:
+        """Reserve one request and `tokens` if the bucket covers them and everyone ranked ahead;
+        otherwise take (or keep) a place in its wait line and say how long to wait."""
+        now = time.time() if now is None else now
+        keys = [*self._bucket_keys(provider, bucket), self.keys.quota_waiting(provider, bucket),
+                self.keys.quota_needs(provider, bucket), self.keys.quota_clocks(provider, bucket)]
+        out = self._admit(keys=keys, args=[now, self.window_s, reservation, waiter, priority, tenant, weight, tokens,
+                                           limits.rpm, limits.tpm, self.waiter_grace_s, self.scan_limit])
+        if int(out[0]) == 1:
+            return Admission(True, reservation, requests_left=int(float(out[1])), tokens_left=int(float(out[2])))
+        return Admission(False, reservation, wait_s=float(out[1]), reason=str(out[2]))
+
+    def settle(self, provider: str, bucket: str, reservation: str, tokens: int) -> None:
+        """The call is over: its reservation becomes what it really used."""
+        self._settle(keys=[self.keys.quota(provider, bucket), self.keys.quota_amounts(provider, bucket),
+                           self.keys.quota_log(provider, bucket)], args=[reservation, max(0, tokens), time.time()])
+
+    def give_back(self, provider: str, bucket: str, reservation: str) -> None:
+        """No call was made (the attempt was not claimed after all): the reservation is returned."""
+        self._settle(keys=[self.keys.quota(provider, bucket), self.keys.quota_amounts(provider, bucket),
+                           self.keys.quota_log(provider, bucket)], args=[reservation, -1, time.time()])
+
+    def learn(self, provider: str, bucket: str, limits: RateLimits, info: RateLimitInfo | None = None, *,
+              pause_s: float | None = None, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        i = info or RateLimitInfo()
+
+        def arg(value: Any) -> Any:
+            return "" if value is None else value
+
+        self._learn(keys=self._bucket_keys(provider, bucket), args=[
+            now, self.window_s, limits.rpm, limits.tpm, arg(i.limit_requests), arg(i.remaining_requests),
+            arg(i.reset_requests_s), arg(i.limit_tokens), arg(i.remaining_tokens), arg(i.reset_tokens_s),
+            arg(pause_s)])
+
+    def state(self, provider: str, bucket: str, limits: RateLimits, *, now: float | None = None) -> BucketState:
+        now = time.time() if now is None else now
+        out = cast(list[str], self._state(keys=self._bucket_keys(provider, bucket),
+                                          args=[now, self.window_s, limits.rpm, limits.tpm]))
+        rpm, tpm, req, tok, paused = (float(v) for v in out)
+        return BucketState(RateLimits(int(rpm), int(tpm)), int(req), int(tok), paused)
+
+    def waiting(self, provider: str, bucket: str) -> int:
+        return int(self.r.zcard(self.keys.quota_waiting(provider, bucket)))
+
+    def leave(self, provider: str, bucket: str, waiter: str) -> None:
+        """Give up a place in a bucket's wait line (the attempt went elsewhere)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zrem(self.keys.quota_waiting(provider, bucket), waiter)
+        pipe.hdel(self.keys.quota_needs(provider, bucket), waiter)
+        pipe.execute()
