@@ -10,7 +10,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from aiintegration.domain.auth import TokenGrant, parse_tokens
-from aiintegration.domain.pricing import parse_prices
+from aiintegration.domain.budgets import Budget, parse_budgets
+from aiintegration.domain.pricing import Price, parse_prices
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -82,13 +83,15 @@ class Settings:
     webhook_allow_private: bool = False
     provider_allow_private: bool = False  # provider base_urls inside the network (self-hosted servers)
     log_json: bool = True
-    prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    prices: Mapping[str, Price] = field(default_factory=lambda: parse_prices(""))
     sse_heartbeat_s: float = 15.0
     sse_max_s: float = 3600.0
     sse_max_per_tenant: int = 100  # event streams one tenant may hold open at once
+    quotas: bool = True  # AII_QUOTAS=off: no admission at all (every attempt calls at once, as before)
     quota_window_s: float = 60.0  # the "minute" of rpm/tpm (tests shorten it)
     quota_max_countdown_s: float = 30.0  # a throttled task comes back at most this much later to ask again
     tenant_weights: Mapping[str, float] = field(default_factory=dict)  # fair share when providers are scarce
+    budgets: Mapping[str, Budget] = field(default_factory=dict)  # AII_BUDGETS: domain/budgets.py
     provider_env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -127,9 +130,11 @@ class Settings:
             sse_heartbeat_s=_float(env, "AII_SSE_HEARTBEAT_S", cls.sse_heartbeat_s),
             sse_max_s=_float(env, "AII_SSE_MAX_S", cls.sse_max_s),
             sse_max_per_tenant=_int(env, "AII_SSE_MAX_PER_TENANT", cls.sse_max_per_tenant),
+            quotas=env.get("AII_QUOTAS", "on").strip().lower() not in ("off", "0", "false", "no"),
             quota_window_s=_float(env, "AII_QUOTA_WINDOW_S", cls.quota_window_s),
             quota_max_countdown_s=_float(env, "AII_QUOTA_MAX_COUNTDOWN_S", cls.quota_max_countdown_s),
             tenant_weights=_weights(env.get("AII_TENANT_WEIGHTS", "")),
+            budgets=parse_budgets(env.get("AII_BUDGETS", "")),
             provider_env={k: v for k, v in env.items() if v and (k in keep or k.startswith("AII_PROVIDER_"))},
         )
 

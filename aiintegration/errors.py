@@ -26,6 +26,7 @@ them imports an SDK exception. The retry policy only ever asks "transient or not
     │   └── ApiKeyRequired        a provider's new base_url without its api_key (HTTP 422)
     ├── Forbidden                 the caller's role may not do this (HTTP 403)
     ├── TooManyRequests           a caller's own limit (open streams); retry_after (HTTP 429)
+    │   └── BudgetExceeded        the tenant's budget for the day or month is spent (HTTP 429)
     ├── NotFound                  no such task, session, DLQ entry or provider (HTTP 404)
     ├── Conflict                  the thing exists but is in the wrong state (HTTP 409)
     ├── Unauthorized              (client side) our API refused the caller's token (HTTP 401)
@@ -207,6 +208,12 @@ class TooManyRequests(AIIntegrationError):
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any):
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
+
+
+class BudgetExceeded(TooManyRequests):
+    """The tenant's budget for this day or month is spent; `retry_after` until it ends."""
+
+    code = "budget_exceeded"
 
 
 class NotFound(AIIntegrationError):

@@ -32,6 +32,7 @@ from aiintegration.store.redis_client import get_redis
 from aiintegration.store.streams import OpenFeeds
 from aiintegration.store.sweeps import SweepStore
 from aiintegration.store.tasks import TaskStore
+from aiintegration.store.usage import UsageStore
 from aiintegration.store.workers import WorkerRegistry
 
 log = logging.getLogger("aiintegration")
@@ -73,6 +74,7 @@ class Context:
     metrics: MetricsStore
     feeds: OpenFeeds
     quotas: QuotaStore
+    usage: UsageStore
     router: Router
     runner: AttemptRunner
     clock: Callable[[], float] = time.time
@@ -95,7 +97,8 @@ class Context:
             chats=ChatStore(client, keys=keys, retention_s=s.retention_s, idle_ttl_s=s.chat_idle_ttl_s), providers=providers, events=events,
             breakers=breakers, broker=BrokerQueue(client), workers=WorkerRegistry(client, keys=keys),
             sweeps=SweepStore(client, keys=keys), metrics=MetricsStore(client, keys=keys),
-            feeds=OpenFeeds(client, keys=keys), quotas=QuotaStore(client, keys=keys, window_s=s.quota_window_s), router=Router(providers, blocked_for=breakers.blocked_for),
+            feeds=OpenFeeds(client, keys=keys), quotas=QuotaStore(client, keys=keys, window_s=s.quota_window_s),
+            usage=UsageStore(client, keys=keys), router=Router(providers, blocked_for=breakers.blocked_for),
             runner=AttemptRunner(tasks, lease_s=s.lease_s), clock=clock,
         )
         providers.seed()

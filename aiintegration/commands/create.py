@@ -8,6 +8,7 @@ from typing import Any
 
 from aiintegration.commands.context import Context
 from aiintegration.commands.tracing import current_trace_context
+from aiintegration.commands.usage import reserve_budget
 from aiintegration.domain.auth import TRUSTED, Caller
 from aiintegration.domain.submission import validate_submission
 from aiintegration.errors import ValidationError
@@ -44,7 +45,10 @@ def create_generation_task(
     pinned = sub.options.provider
     if pinned and not ctx.router.known(pinned):
         raise ValidationError("unknown provider", details={"options.provider": f"no provider named {pinned!r}"})
+    sub = replace(sub, budget=reserve_budget(ctx, sub))
     task_id, created = ctx.tasks.create(sub, now=ctx.clock())
+    if not created and sub.budget is not None:
+        ctx.usage.release(sub.tenant, sub.budget)  # a repeat: the first task holds its own reservation
     if created:
         try:
             ctx.enqueue(task_id, sub.priority)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiintegration.commands.context import Context
+from aiintegration.commands.providers import quota_state
+from aiintegration.commands.usage import budgets_view
 from aiintegration.domain.states import MAX_PRIORITY
 from aiintegration.store.metrics import ClusterMetrics
 
@@ -19,6 +21,21 @@ class Gauges:
     dlq_size: int
     workers_alive: int
     breakers: dict[str, int]  # provider → 0 closed, 1 half-open, 2 open
+    ratelimit_remaining: dict[tuple[str, str, str], int]  # (provider, model or "*", requests|tokens) → left
+    budget_spent: dict[tuple[str, str, str], float]  # (tenant, day|month, cost|tokens) → spent this window
+
+
+def _remaining(ctx: Context) -> dict[tuple[str, str, str], int]:
+    out = {}
+    for name in ctx.providers.order():
+        config = ctx.providers.get(name)
+        if config is None:
+            continue
+        for bucket, state in quota_state(ctx, config).items():
+            for kind in ("requests", "tokens"):
+                if state[kind] is not None:
+                    out[(name, bucket, kind)] = int(state[kind])
+    return out
 
 
 def cluster_metrics(ctx: Context) -> tuple[ClusterMetrics, Gauges]:
@@ -27,5 +44,8 @@ def cluster_metrics(ctx: Context) -> tuple[ClusterMetrics, Gauges]:
         queue_depth={MAX_PRIORITY - step: n for step, n in enumerate(depth)},
         tasks=ctx.tasks.counts(), dlq_size=ctx.dlq.size(), workers_alive=ctx.workers.alive(),
         breakers={name: BREAKER_VALUE.get(ctx.breakers[name].public_state(), 0) for name in ctx.providers.order()},
+        ratelimit_remaining=_remaining(ctx),
+        budget_spent={(row["tenant"], window, kind): value for row in budgets_view(ctx)
+                      for window in ("day", "month") for kind, value in row[window]["spent"].items()},
     )
     return ctx.metrics.read(), gauges

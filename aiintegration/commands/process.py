@@ -14,6 +14,7 @@ from aiintegration.commands.failures import handle_failure, mark_timed_out
 from aiintegration.commands.runner import Attempt
 from aiintegration.commands.tracing import attempt_span, provider_span, record_failure, record_generation
 from aiintegration.commands.webhooks import notify_terminal
+from aiintegration.domain.budgets import window_keys
 from aiintegration.domain.pricing import estimate_cost
 from aiintegration.domain.records import TaskRecord
 from aiintegration.domain.states import TaskStatus
@@ -27,6 +28,7 @@ from aiintegration.errors import (
 )
 from aiintegration.providers.base import Generation, GenerationRequest, Provider
 from aiintegration.store.metrics import Sample, counter, observation
+from aiintegration.store.usage import usage_arg
 
 log = logging.getLogger(__name__)
 attempt_log = logging.getLogger("aiintegration.attempts")  # one line per attempt outcome
@@ -97,7 +99,7 @@ def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_t
         provider = ctx.router.choose(seen.task_type, pinned=seen.pinned_provider)
     except AIIntegrationError as exc:
         choice = exc  # the claimed attempt fails with it (a retry, or the DLQ)
-    if provider is not None:
+    if provider is not None and ctx.settings.quotas:
         request = GenerationRequest(seen.task_type, seen.request_content, timeout_s=seen.timeout_s)
         provider, answer = quotas.admit(ctx, seen, provider, request)
         if isinstance(answer, quotas.Refusal):
@@ -219,10 +221,15 @@ def _succeeded(ctx: Context, record: TaskRecord, provider: Provider, generation:
                              counter("aii_tokens_total", usage.input_tokens, direction="input", **labels),
                              counter("aii_tokens_total", usage.output_tokens, direction="output", **labels)]
     cost = estimate_cost(ctx.settings.prices, model=generation.model, provider=provider.name,
-                         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+                         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                         cached_input_tokens=usage.cached_input_tokens, cache_write_tokens=usage.cache_write_tokens)
     if cost:
         metrics.append(counter("aii_cost_total", cost, **labels))
     report.cost = cost
+    windows = window_keys(now)
+    ledger = usage_arg(day=windows["day"], month=windows["month"], tenant=record.tenant, provider=provider.name,
+                       model=generation.model, input_tokens=usage.input_tokens,
+                       cached_input_tokens=usage.cached_input_tokens, output_tokens=usage.output_tokens, cost=cost)
     done, before = ctx.tasks.transition(
         record.id, to=S.SUCCEEDED, run_id=run_id,
         events=[("task.succeeded", {"attempt": record.attempts, "provider": provider.name,
@@ -230,7 +237,7 @@ def _succeeded(ctx: Context, record: TaskRecord, provider: Provider, generation:
                                     "cost": cost, "duration_s": round(call_s, 6)})],
         fields={"result": result, "provider": provider.name, "finished_at": now, "error": None, "cost": cost,
                 "worker_id": record.worker_id},
-        now=now, metrics=metrics,
+        now=now, metrics=metrics, usage=ledger,
     )
     if not done:
         if chat:

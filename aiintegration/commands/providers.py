@@ -9,7 +9,7 @@ from typing import Any
 from aiintegration.commands.context import Context
 from aiintegration.commands.webhooks import check_target
 from aiintegration.domain.auth import TRUSTED, Caller
-from aiintegration.domain.providers import redact_key, validate_config_changes
+from aiintegration.domain.providers import ProviderConfig, redact_key, validate_config_changes
 from aiintegration.domain.states import TaskStatus
 from aiintegration.errors import AIIntegrationError, Conflict, NotFound, ValidationError, WebhookFailed
 from aiintegration.providers import build_provider
@@ -18,7 +18,23 @@ log = logging.getLogger(__name__)
 REPIN_LIMIT = 10000
 
 
+def quota_state(ctx: Context, config: ProviderConfig) -> dict[str, dict[str, Any]]:
+    """What is left in the current window, per bucket ("*": the provider's shared one)."""
+    limits = config.rate_limits
+    out = {}
+    for bucket, bucket_limits in [("*", limits.default), *limits.models.items()]:
+        state = ctx.quotas.state(config.name, bucket, bucket_limits)
+        out[bucket] = {"rpm": state.limits.rpm or None, "tpm": state.limits.tpm or None,
+                       "requests": None if state.requests_left < 0 else state.requests_left,
+                       "tokens": None if state.tokens_left < 0 else state.tokens_left,
+                       "paused_s": round(state.paused_s, 3) or None}
+    return out
+
+
 def overview(ctx: Context) -> dict[str, Any]:
+    """Order, configs (keys redacted), breakers, and each provider's quota: `limits` as
+    configured, `remaining` in the current window (with the limits in force, learned from the
+    provider's headers where none is configured)."""
     _, order, configs = ctx.providers.snapshot()
     rows = []
     for name in order + sorted(set(configs) - set(order)):
@@ -26,7 +42,9 @@ def overview(ctx: Context) -> dict[str, Any]:
         if cfg is None:
             continue
         breaker = ctx.breakers[name]
-        rows.append({**cfg.public(), "breaker": breaker.public_state(), "error_rate": breaker.error_rate()})
+        buckets = quota_state(ctx, cfg)
+        rows.append({**cfg.public(), "breaker": breaker.public_state(), "error_rate": breaker.error_rate(),
+                     "remaining": buckets.pop("*"), **({"remaining_by_model": buckets} if buckets else {})})
     return {"order": order, "providers": rows}
 
 

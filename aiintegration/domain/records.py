@@ -94,6 +94,11 @@ class TaskRecord:
     chat_message_id: str | None = None
     trace_context: str | None = None  # the W3C traceparent of the request that created it (tracing on)
     throttled_at: float | None = None  # first refused a provider's quota, for the attempt waiting now
+    # what was reserved against the tenant's budget at submission (released when it ends)
+    budget_cost: float | None = None
+    budget_tokens: int | None = None
+    budget_day: str | None = None
+    budget_month: str | None = None
 
     @property
     def max_retries(self) -> int:
@@ -180,6 +185,7 @@ _FIELD_KINDS: dict[str, Any] = {
     "finished_at": float, "updated_at": float, "deadline_at": float, "enqueued_at": float, "retry_at": float,
     "lease_until": float, "run_id": str, "idempotency_key": str, "auto_retries": int, "budget_from": int,
     "cost": float, "cancel_reason": str, "tenant": str, "chat_session_id": str, "chat_message_id": str, "trace_context": str, "throttled_at": float,
+    "budget_cost": float, "budget_tokens": int, "budget_day": str, "budget_month": str,
     "max_retries": int, "timeout_s": float,  # derived from the options; read back from them
 }
 _DERIVED = frozenset({"max_retries", "timeout_s"})

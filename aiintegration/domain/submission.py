@@ -43,6 +43,7 @@ class Submission:
     chat_session_id: str | None = None  # set by SendChatMessage, never from caller input
     chat_message_id: str | None = None
     trace_context: str | None = None  # the creating request's traceparent, when traced
+    budget: tuple[float, int, str, str] | None = None  # reserved at submission: cost, tokens, day, month
 
     def fingerprint(self) -> str:
         """What an idempotency key is bound to: the request as validated (defaults filled in),

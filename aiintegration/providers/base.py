@@ -101,7 +101,8 @@ class Generation:
             "text": self.text,
             "model": self.model,
             "provider": self.provider,
-            "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens},
+            "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens,
+                      "cached_input_tokens": self.usage.cached_input_tokens},
             "finish_reason": self.finish_reason,
         }
 

@@ -106,7 +106,9 @@ return out
 # KEYS: task, task stream, global stream
 # ARGV: prefix, from (comma list), to, require field, require value, now, ttl (>0 expire,
 #       -1 persist, 0 leave), n events, metrics (store/metrics.py encodes them), tmax, gmax,
-#       retry_at, dlq entry, terminal ('1' when `to` is terminal: counted as finished),
+#       retry_at, dlq entry, terminal ('1' when `to` is terminal: counted as finished, and a
+#       budget reservation made at submission is released), usage ('' or store/usage.py's
+#       encoding: the call's tokens and cost into the day's and month's ledgers),
 #       then n (type, data) pairs, then field, value, ...
 # Returns {1, old status} or {0, current status ('' when the task does not exist)}.
 TRANSITION = _EMIT + """
@@ -120,7 +122,7 @@ if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], ARGV[4]) ~= ARGV[5] then return
 local id = redis.call('HGET', KEYS[1], 'id')
 local nev = tonumber(ARGV[8])
 local fields = {'status', to, 'updated_at', now}
-for i = 15 + 2 * nev, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 16 + 2 * nev, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 if to ~= 'running' then
   redis.call('ZREM', p .. ':idx:deadline', id)
@@ -147,7 +149,34 @@ elseif ttl < 0 then
 end
 move_status(p, id, st, to, redis.call('HGET', KEYS[1], 'created_at'))
 local ttype = redis.call('HGET', KEYS[1], 'task_type')
+if ARGV[15] ~= '' then
+  local day, month, tenant, prov, model, req, inp, cached, out, cost = string.match(ARGV[15],
+    '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  local dkey, mkey = p .. ':usage:' .. day, p .. ':usage:month:' .. month
+  local f = tenant .. '|' .. prov .. '|' .. model .. '|'
+  for name, by in pairs({requests = req, input_tokens = inp, cached_input_tokens = cached,
+                         output_tokens = out, cost = cost}) do
+    redis.call('HINCRBYFLOAT', dkey, f .. name, by)
+  end
+  local tokens = tonumber(inp) + tonumber(out)
+  redis.call('HINCRBYFLOAT', dkey, tenant .. '|cost', cost)
+  redis.call('HINCRBYFLOAT', dkey, tenant .. '|tokens', tokens)
+  redis.call('HINCRBYFLOAT', mkey, tenant .. '|cost', cost)
+  redis.call('HINCRBYFLOAT', mkey, tenant .. '|tokens', tokens)
+  redis.call('EXPIRE', dkey, 400 * 86400)
+  redis.call('EXPIRE', mkey, 400 * 86400)
+end
 if ARGV[14] == '1' then
+  local bc, bt, bd, bm, tn = unpack(redis.call('HMGET', KEYS[1], 'budget_cost', 'budget_tokens', 'budget_day',
+                                              'budget_month', 'tenant'))
+  if bd then
+    for _, window in ipairs({'day:' .. bd, 'month:' .. bm}) do
+      local rkey = p .. ':budget:' .. tn .. ':' .. window
+      redis.call('HINCRBYFLOAT', rkey, 'cost', -(tonumber(bc) or 0))
+      redis.call('HINCRBYFLOAT', rkey, 'tokens', -(tonumber(bt) or 0))
+    end
+    redis.call('HDEL', KEYS[1], 'budget_cost', 'budget_tokens', 'budget_day', 'budget_month')
+  end
   local prov = redis.call('HGET', KEYS[1], 'provider') or ''
   count(p, 'aii_tasks_finished_total|status=' .. to .. ',task_type=' .. ttype .. ',provider=' .. prov)
   observe(p, 'aii_task_duration_seconds', 'status=' .. to .. ',task_type=' .. ttype,
@@ -166,7 +195,7 @@ for pair in string.gmatch(ARGV[9], '[^;]+') do
     count(p, field, tonumber(by))
   end
 end
-for i = 0, nev - 1 do emit(KEYS[2], KEYS[3], ARGV[10], ARGV[11], ARGV[15 + 2 * i], ARGV[16 + 2 * i]) end
+for i = 0, nev - 1 do emit(KEYS[2], KEYS[3], ARGV[10], ARGV[11], ARGV[16 + 2 * i], ARGV[17 + 2 * i]) end
 return {1, st}
 """
 

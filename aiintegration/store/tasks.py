@@ -73,12 +73,14 @@ class TaskStore:
         idempotency key already named a task made from the same request, whose id is returned
         instead. The same key with a different request raises IdempotencyKeyReused."""
         now = time.time() if now is None else now
+        cost, tokens, day, month = sub.budget or (None, None, None, None)
         record = TaskRecord(
             id=str(uuid.uuid4()), task_type=sub.task_type, status=S.QUEUED, requested_by=sub.requested_by,
             request_content=sub.request_content, priority=sub.priority, tenant=sub.tenant, metadata=sub.metadata,
             options=sub.options, provider=sub.options.provider, created_at=now, updated_at=now, enqueued_at=now,
             idempotency_key=sub.idempotency_key, chat_session_id=sub.chat_session_id,
-            chat_message_id=sub.chat_message_id, trace_context=sub.trace_context)
+            chat_message_id=sub.chat_message_id, trace_context=sub.trace_context,
+            budget_cost=cost, budget_tokens=tokens, budget_day=day, budget_month=month)
         event = event_data("task.created", record.id, now, task_type=sub.task_type, priority=sub.priority,
                            requested_by=sub.requested_by, tenant=sub.tenant)
         idem = self.keys.idempotency(f"{sub.tenant}:{sub.idempotency_key}") if sub.idempotency_key else ""
@@ -110,7 +112,7 @@ class TaskStore:
                    events: Sequence[Event] = (), fields: Mapping[str, Any] | None = None,
                    run_id: str | None = None, retry_at: float | None = None,
                    dlq_entry: Mapping[str, Any] | None = None, now: float | None = None,
-                   metrics: Sequence[Sample] = ()) -> tuple[bool, str]:
+                   metrics: Sequence[Sample] = (), usage: str = "") -> tuple[bool, str]:
         """Move a task to `to` if its status is one the state table allows (`allowed_from`
         may narrow it) and, with `run_id`, only if that attempt still owns it; `events`,
         field changes, metrics and a DLQ entry go in the same atomic step. Returns (done,
@@ -124,7 +126,7 @@ class TaskStore:
         argv: list[Any] = [
             self.keys.prefix, ",".join(sorted(allowed)), str(to), "run_id" if run_id else "", run_id or "", now, ttl,
             len(events), encode_samples(metrics), *self.maxlens, "" if retry_at is None else retry_at,
-            dumps(dict(dlq_entry)) if dlq_entry else "", "1" if to in TERMINAL else "",
+            dumps(dict(dlq_entry)) if dlq_entry else "", "1" if to in TERMINAL else "", usage,
         ]
         for name, event_fields in events:
             argv += [name, event_data(name, task_id, now, **event_fields)]

@@ -24,6 +24,8 @@ HELP = {
     "aii_task_duration_seconds": "Created to terminal state (end to end)",
     "aii_task_queue_wait_seconds": "Enqueued (or due) to claimed by a worker",
     "aii_provider_call_seconds": "Provider call time of successful attempts",
+    "aii_throttled_total": "Attempts not made: the provider's quota could not cover them yet",
+    "aii_ratelimit_wait_seconds": "First throttled to admitted, per attempt that waited for quota",
 }
 
 
@@ -59,6 +61,16 @@ class ClusterCollector(Collector):
         for name, value in gauges.breakers.items():
             breaker.add_metric([name], value)
         yield breaker
+        left = GaugeMetricFamily("aii_ratelimit_remaining", "Left in the provider's current quota window",
+                                 labels=["provider", "model", "kind"])
+        for (provider, model, kind), value in gauges.ratelimit_remaining.items():
+            left.add_metric([provider, model, kind], value)
+        yield left
+        spent = GaugeMetricFamily("aii_budget_spent", "Spent of a tenant's budget in the current window (AII_BUDGETS)",
+                                  labels=["tenant", "window", "kind"])
+        for (tenant, window, kind), value in gauges.budget_spent.items():
+            spent.add_metric([tenant, window, kind], value)
+        yield spent
 
 
 @bp.get("/metrics")

@@ -60,6 +60,7 @@ class ProviderConfigSchema(Schema):
     models = fields.Dict(keys=fields.String(validate=validate.OneOf(TASK_TYPES)), values=fields.String())
     timeout_s = fields.Float(metadata={"description": f"1 to {limits.MAX_PROVIDER_TIMEOUT_S:g} seconds"})
     enabled = fields.Boolean()
+    limits = fields.Dict(metadata={"description": '{"rpm", "tpm", "models": {"<model>": {"rpm", "tpm"}}}; 0 = none'})
 
 
 class SwitchSchema(Schema):

@@ -44,6 +44,9 @@ class ProviderSchema(Open):
     base_url = fields.String(allow_none=True)
     api_key = fields.String(allow_none=True, metadata={"description": "redacted: sk-…abcd"})
     timeout_s = fields.Float()
+    limits = fields.Dict(metadata={"description": "configured rpm/tpm (0: none), per model where they differ"})
+    remaining = fields.Dict(metadata={"description": "left in the current window: requests, tokens (null: not "
+                                                     "limited), the limits in force (configured or learned)"})
 
 
 class ProvidersSchema(Open):

@@ -28,7 +28,8 @@ def chat():
 def test_messages_answer_in_our_result_shape_with_the_system_prompt_apart(claude):
     server, provider = claude
     result = provider.generate(chat()).to_result()
-    assert result["text"].startswith("word0") and result["usage"] == {"input_tokens": 2, "output_tokens": 6}
+    assert result["text"].startswith("word0")
+    assert result["usage"] == {"input_tokens": 2, "output_tokens": 6, "cached_input_tokens": 0}
     body = server.requests[-1]["body"]
     assert body["system"] == "brief" and body["messages"] == [{"role": "user", "content": "hi there"}]
     headers = server.requests[-1]["headers"]  # anthropic 2.x sends the key as a bearer token

@@ -144,6 +144,23 @@ def test_cost_uses_the_models_price_then_the_providers_then_zero():
     assert estimate_cost(prices, model="local-echo-1", provider="local", input_tokens=9, output_tokens=9) == 0
 
 
+def test_cached_prompt_tokens_cache_writes_and_the_batch_lane_are_priced_apart():
+    from aiintegration.domain.pricing import estimate_cost, parse_prices
+
+    prices = parse_prices("")  # the built-in table
+    # gpt-4o-mini: 1,000 prompt tokens of which 600 cached, 200 output:
+    # 400 x 0.00015/1k + 600 x 0.000075/1k + 200 x 0.0006/1k = 0.00006 + 0.000045 + 0.00012
+    assert estimate_cost(prices, model="gpt-4o-mini", provider="openai", input_tokens=1000, output_tokens=200,
+                         cached_input_tokens=600) == 0.000225
+    # claude-sonnet-5-5: 2,000 prompt tokens = 1,000 plain + 500 cache reads + 500 cache writes, 100 output:
+    # 1000 x 0.003 + 500 x 0.0003 + 500 x 0.00375 + 100 x 0.015 (per 1k) = 0.003 + 0.00015 + 0.001875 + 0.0015
+    assert estimate_cost(prices, model="claude-sonnet-5-5", provider="anthropic", input_tokens=2000,
+                         output_tokens=100, cached_input_tokens=500, cache_write_tokens=500) == 0.006525
+    realtime = estimate_cost(prices, model="gpt-4o", provider="openai", input_tokens=1000, output_tokens=1000)
+    assert estimate_cost(prices, model="gpt-4o", provider="openai", input_tokens=1000, output_tokens=1000,
+                         batch=True) == realtime / 2
+
+
 def test_a_named_openai_compatible_provider_is_configured_from_the_environment():
     from aiintegration.config import Settings
     from aiintegration.domain.providers import default_configs

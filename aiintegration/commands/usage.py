@@ -1,0 +1,108 @@
+"""Budgets and usage: a tenant's submission reserves its estimated cost and tokens against
+its budget (AII_BUDGETS) and is refused with 429 `budget_exceeded` once a window is spent;
+every success writes its tokens and cost into the tenant's daily ledger, which
+GET /v1/usage reports and GET /v1/budgets compares with the limits."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from aiintegration.commands.context import Context
+from aiintegration.domain.auth import TRUSTED, Caller
+from aiintegration.domain.budgets import KINDS, WINDOWS, window_end, window_keys
+from aiintegration.domain.pricing import estimate_cost
+from aiintegration.domain.quotas import estimate_tokens
+from aiintegration.domain.submission import Submission
+from aiintegration.errors import BudgetExceeded, ValidationError
+from aiintegration.providers.base import GenerationRequest
+
+MAX_DAYS = 366
+DEFAULT_DAYS = 7
+
+
+def _estimate(ctx: Context, sub: Submission) -> tuple[float, int]:
+    """A submission's cost and tokens before it runs: its prompt plus all the output it may
+    produce, priced at the provider it would most likely go to (pinned, else the first
+    capable one in the order)."""
+    request = GenerationRequest(sub.task_type, sub.request_content, timeout_s=sub.options.timeout_s)
+    system, messages = request.system_and_messages()
+    prompt = estimate_tokens(system, messages, 0)
+    name = sub.options.provider or next(
+        (n for n in ctx.router.order() if sub.task_type in ctx.router.provider(n).capabilities), None)
+    if name is None:
+        return 0.0, prompt + request.max_tokens
+    provider = ctx.router.provider(name)
+    cost = estimate_cost(ctx.settings.prices, model=provider.model_for(request), provider=name,
+                         input_tokens=prompt, output_tokens=request.max_tokens)
+    return cost, prompt + request.max_tokens
+
+
+def reserve_budget(ctx: Context, sub: Submission) -> tuple[float, int, str, str] | None:
+    """Reserve the submission's estimate against its tenant's budget (None: no budget);
+    BudgetExceeded (429, Retry-After to the window's end) when a window is spent."""
+    budget = ctx.settings.budgets.get(sub.tenant)
+    if budget is None:
+        return None
+    now = ctx.clock()
+    cost, tokens = _estimate(ctx, sub)
+    windows = window_keys(now)
+    ttls = {w: int(window_end(w, now) - now) + 86400 for w in WINDOWS}
+    limits = {(w, k): budget.limit(w, k) for w in WINDOWS for k in KINDS}
+    spent = ctx.usage.reserve(sub.tenant, windows, limits, cost=cost, tokens=tokens, ttls=ttls)
+    if spent is not None:
+        window, kind = spent
+        raise BudgetExceeded(f"the {kind} budget of tenant {sub.tenant} for this {window} is spent",
+                             retry_after=window_end(window, now) - now,
+                             details={"tenant": sub.tenant, "window": window, "kind": kind,
+                                      "limit": limits[(window, kind)]})
+    return cost, tokens, windows["day"], windows["month"]
+
+
+def _day(value: Any, field: str) -> date:
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError:
+        raise ValidationError(f"{field} must be a day such as 2026-11-30", details={field: str(value)[:40]}) from None
+
+
+def usage_report(ctx: Context, caller: Caller = TRUSTED, *, tenant: str | None = None, provider: str | None = None,
+                 model: str | None = None, start: str | None = None, end: str | None = None) -> list[dict[str, Any]]:
+    """Requests, tokens and cost per UTC day, tenant, provider and model, `start` to `end`
+    (days, inclusive; default the last 7). A client sees its own tenant's only."""
+    if tenant is not None and tenant != caller.tenant:
+        caller.require_operator("another tenant's usage")
+    if not caller.is_operator:
+        tenant = caller.tenant
+    today = datetime.fromtimestamp(ctx.clock(), UTC).date()
+    last = _day(end, "to") if end else today
+    first = _day(start, "from") if start else last - timedelta(days=DEFAULT_DAYS - 1)
+    if first > last or (last - first).days >= MAX_DAYS:
+        raise ValidationError(f"from..to must be a range of 1 to {MAX_DAYS} days", details={"from": str(first)})
+    rows = []
+    for offset in range((last - first).days + 1):
+        for row in ctx.usage.day((first + timedelta(days=offset)).isoformat()):
+            if (tenant is None or row["tenant"] == tenant) and (provider is None or row["provider"] == provider) \
+                    and (model is None or row["model"] == model):
+                rows.append(row)
+    return rows
+
+
+def budgets_view(ctx: Context, caller: Caller = TRUSTED) -> list[dict[str, Any]]:
+    """Every tenant with a budget: its limits, and per window what is spent, reserved and left."""
+    caller.require_operator("the budgets")
+    now = ctx.clock()
+    windows = window_keys(now)
+    out = []
+    for tenant, budget in sorted(ctx.settings.budgets.items()):
+        state: dict[str, Any] = {}
+        for window in WINDOWS:
+            spent = ctx.usage.spent(tenant, window, windows[window])
+            held = ctx.usage.reserved(tenant, window, windows[window])
+            state[window] = {"period": windows[window], "spent": spent, "reserved": held,
+                             "left": {k: None if budget.limit(window, k) is None else
+                                      round(max(0.0, (budget.limit(window, k) or 0) - spent[k] - held[k]), 8)
+                                      for k in KINDS},
+                             "resets_in_s": round(window_end(window, now) - now)}
+        out.append({"tenant": tenant, "limits": budget.to_dict(), **state})
+    return out
