@@ -52,6 +52,8 @@ class Settings:
     global_stream_maxlen: int = 100000
     webhook_secret: str = ""
     webhook_allow_private: bool = False
+    webhook_timeout_s: float = 10.0  # one delivery, connect to the last byte read
+    webhook_concurrency: int = 8  # deliveries in progress per worker process
     log_json: bool = True
     prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     sse_heartbeat_s: float = 15.0
@@ -86,6 +88,8 @@ class Settings:
             events_compact_after_s=_float(env, "AII_EVENTS_COMPACT_AFTER_S", cls.events_compact_after_s),
             webhook_secret=env.get("AII_WEBHOOK_SECRET", ""),
             webhook_allow_private=env.get("AII_WEBHOOK_ALLOW_PRIVATE", "") in ("1", "true", "yes"),
+            webhook_timeout_s=_float(env, "AII_WEBHOOK_TIMEOUT_S", cls.webhook_timeout_s),
+            webhook_concurrency=max(1, _int(env, "AII_WEBHOOK_CONCURRENCY", cls.webhook_concurrency)),
             log_json=env.get("AII_LOG_FORMAT", "json") == "json",
             prices=parse_prices(env.get("AII_PRICES", "")),
             sse_heartbeat_s=_float(env, "AII_SSE_HEARTBEAT_S", cls.sse_heartbeat_s),

@@ -33,6 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "AII_TEST_REDIS_BASE": base, "AII_TEST_TMP": str(tmp), "REDIS_URL": f"{base}/0",
         "AII_API_TOKENS": f"{TOKEN},second-token", "AII_PROVIDERS": "local", "AII_LOG_FORMAT": "text",
         "AII_RETRY_BACKOFF_BASE_S": "0.05", "AII_RETRY_BACKOFF_MAX_S": "0.2", **FAKE_KEYS,
+        # Submissions with a callback_url are refused without a signing secret.
+        "AII_WEBHOOK_SECRET": "whsec-suite-0123456789",
     })
     # In-process log lines (web app, commands) go to a file the secrets sweep reads, formatted
     # as in production; worker and beat subprocesses log into the same directory.

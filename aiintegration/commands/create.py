@@ -31,6 +31,10 @@ def create_generation_task(
         metadata=metadata, options=options, idempotency_key=idempotency_key,
         default_timeout_s=s.task_timeout_s, max_timeout_s=s.max_task_timeout_s, default_max_retries=s.max_retries,
     )
+    if sub.options.callback_url and not s.webhook_secret:
+        # An unsigned webhook cannot be told from a forged one: refuse rather than send it.
+        raise ValidationError("webhooks are disabled: the service has no AII_WEBHOOK_SECRET to sign them with",
+                              details={"options.callback_url": "refused: AII_WEBHOOK_SECRET is not set"})
     pinned = sub.options.provider
     if pinned and not ctx.router.known(pinned):
         raise ValidationError("unknown provider", details={"options.provider": f"no provider named {pinned!r}"})
