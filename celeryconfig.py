@@ -5,6 +5,8 @@ Every value can be tuned from the environment; the README lists the variables.
 
 import os
 
+from kombu import Exchange, Queue
+
 from aiintegration.config import get_settings
 from aiintegration.kombu_transport import use_for_redis_urls
 from aiintegration.store.redis_client import SentinelUrl
@@ -60,6 +62,13 @@ if broker_url.startswith("sentinel://"):
     result_backend_transport_options["master_name"] = _sentinel.master_name
 
 task_default_queue = "celery"
+# Webhook deliveries have a queue of their own, so that a separate worker can serve them
+# (`-Q webhooks`) and a backlog of them never sits in front of generation work. A worker
+# started without -Q consumes every queue listed here; the Procfile names both. The
+# `celery` queue is declared exactly as a plain Celery client of another service declares
+# it (direct exchange `celery`, routing key `celery`), so its send_task by name lands here.
+task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ("celery", "webhooks")]
+task_routes = {"aiintegration.deliver_webhook": {"queue": "webhooks"}}
 worker_send_task_events = True
 # task-sent events (Flower shows a task before a worker receives it) cost ~1 ms of CPU per
 # submission and go through one process-wide lock; the task record already says `queued`.

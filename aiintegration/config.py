@@ -82,6 +82,8 @@ class Settings:
     webhook_secret: str = ""
     webhook_allow_private: bool = False
     provider_allow_private: bool = False  # provider base_urls inside the network (self-hosted servers)
+    webhook_timeout_s: float = 10.0  # one delivery, connect to the last byte read
+    webhook_concurrency: int = 8  # deliveries in progress per worker process
     log_json: bool = True
     prices: Mapping[str, Price] = field(default_factory=lambda: parse_prices(""))
     sse_heartbeat_s: float = 15.0
@@ -125,6 +127,8 @@ class Settings:
             webhook_secret=env.get("AII_WEBHOOK_SECRET", ""),
             webhook_allow_private=env.get("AII_WEBHOOK_ALLOW_PRIVATE", "") in ("1", "true", "yes"),
             provider_allow_private=env.get("AII_PROVIDER_ALLOW_PRIVATE", "") in ("1", "true", "yes"),
+            webhook_timeout_s=_float(env, "AII_WEBHOOK_TIMEOUT_S", cls.webhook_timeout_s),
+            webhook_concurrency=max(1, _int(env, "AII_WEBHOOK_CONCURRENCY", cls.webhook_concurrency)),
             log_json=env.get("AII_LOG_FORMAT", "json") == "json",
             prices=parse_prices(env.get("AII_PRICES", "")),
             sse_heartbeat_s=_float(env, "AII_SSE_HEARTBEAT_S", cls.sse_heartbeat_s),

@@ -35,6 +35,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "AII_RETRY_BACKOFF_BASE_S": "0.05", "AII_RETRY_BACKOFF_MAX_S": "0.2", **FAKE_KEYS,
         # the fake provider listens on 127.0.0.1; the hostile-client tests turn this off where it matters
         "AII_PROVIDER_ALLOW_PRIVATE": "1",
+        # Submissions with a callback_url are refused without a signing secret.
+        "AII_WEBHOOK_SECRET": "whsec-suite-0123456789",
     })
     # In-process log lines (web app, commands) go to a file the secrets sweep reads, formatted
     # as in production; worker and beat subprocesses log into the same directory.

@@ -42,6 +42,10 @@ def create_generation_task(
     )
     sub = replace(sub, tenant=caller.tenant, chat_session_id=chat[0] if chat else None,
                   chat_message_id=chat[1] if chat else None, trace_context=current_trace_context())
+    if sub.options.callback_url and not s.webhook_secret:
+        # An unsigned webhook cannot be told from a forged one: refuse rather than send it.
+        raise ValidationError("webhooks are disabled: the service has no AII_WEBHOOK_SECRET to sign them with",
+                              details={"options.callback_url": "refused: AII_WEBHOOK_SECRET is not set"})
     pinned = sub.options.provider
     if pinned and not ctx.router.known(pinned):
         raise ValidationError("unknown provider", details={"options.provider": f"no provider named {pinned!r}"})

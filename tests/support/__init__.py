@@ -82,8 +82,8 @@ class Worker:
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", "aiintegration.celery_app", "worker", "-P", "threads",
-                "-c", str(self.concurrency), "-E", "-l", "INFO", "-n", f"{self.name}-{self.db}-{os.getpid()}@%h",
-                "--without-gossip", "--without-mingle"]
+                "-c", str(self.concurrency), "-Q", "celery,webhooks", "-E", "-l", "INFO",
+                "-n", f"{self.name}-{self.db}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
 
     def start(self, timeout_s: float = 30) -> Worker:
         with self.log.open("wb") as out:
