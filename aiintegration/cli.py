@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     # One development token and Flower password across restarts, unless the environment sets them.
     creds = None
-    if not env.get("AII_API_TOKENS") or not env.get("AII_FLOWER_AUTH"):
+    if not env.get("AII_API_TOKENS") or not env.get("AII_FLOWER_AUTH") or not env.get("AII_WEBHOOK_SECRET"):
         creds = runstate.dev_credentials(state, new_token=args.new_token, new_flower_password=args.new_flower_password)
         for note in creds.notes:
             print(f"note: {note}", file=sys.stderr)
@@ -77,6 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         env["AII_API_TOKENS"] = creds.api_token
     if creds and not flower_from_env:
         env["AII_FLOWER_AUTH"] = creds.flower_auth
+    if creds and not env.get("AII_WEBHOOK_SECRET"):
+        env["AII_WEBHOOK_SECRET"] = creds.webhook_secret  # kept with the token: receivers can verify
     user, _, password = env["AII_FLOWER_AUTH"].partition(":")
     if not user or not password:  # Flower would start with an empty credential
         print("aiintegration: AII_FLOWER_AUTH must be user:password with both parts set; Flower never starts "

@@ -145,12 +145,14 @@ def locate_redis(directory: Path) -> RunState:
 
 @dataclass(frozen=True)
 class DevCredentials:
-    """The development API token and Flower `user:password` that `aiintegration run` keeps."""
+    """The development API token, Flower `user:password` and webhook signing secret that
+    `aiintegration run` keeps."""
 
     api_token: str
     flower_auth: str
     path: Path
     notes: tuple[str, ...] = ()
+    webhook_secret: str = ""
 
 
 def dev_credentials(directory: Path, *, new_token: bool = False,
@@ -181,10 +183,13 @@ def dev_credentials(directory: Path, *, new_token: bool = False,
     if new_flower_password or ":" not in data.get("flower_auth", ""):
         data["flower_auth"] = f"{FLOWER_USER}:{secrets.token_urlsafe(12)}"
         changed = True
+    if "webhook_secret" not in data:  # webhooks are signed, so the dev stack has a secret too
+        data["webhook_secret"] = secrets.token_urlsafe(24)
+        changed = True
     if changed:
         data["updated_at"] = now_iso()
         _write_atomic(path, json.dumps(data, indent=2) + "\n", 0o600)
-    return DevCredentials(data["api_token"], data["flower_auth"], path, tuple(notes))
+    return DevCredentials(data["api_token"], data["flower_auth"], path, tuple(notes), data["webhook_secret"])
 
 
 def read_credentials(directory: Path) -> tuple[str, str] | None:

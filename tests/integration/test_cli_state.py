@@ -121,6 +121,7 @@ def test_the_development_credentials_are_kept_owner_only_and_replaced_on_request
     first = runstate.dev_credentials(tmp_path)
     again = runstate.dev_credentials(tmp_path)
     assert (again.api_token, again.flower_auth) == (first.api_token, first.flower_auth)
+    assert again.webhook_secret == first.webhook_secret and len(first.webhook_secret) >= 32
     assert stat.S_IMODE(first.path.stat().st_mode) == 0o600
     assert stat.S_IMODE(first.path.parent.stat().st_mode) == 0o700
     assert first.flower_auth.startswith("admin:") and len(first.api_token) >= 32

@@ -18,7 +18,7 @@ from tests.fake_provider import Behaviour, FakeProvider
 from tests.support import Worker, events_of, wait_status
 
 KEY = "sk-test-LEAKCHECK-quotas-0123456789"
-WINDOW = 1.0
+WINDOW = 2.0
 ENV = {"AII_QUOTA_WINDOW_S": str(WINDOW), "AII_QUOTA_MAX_COUNTDOWN_S": "1"}
 TEXT = {"prompt": "a short prompt", "max_tokens": 20}
 
