@@ -28,12 +28,15 @@ def create_generation_task(
     idempotency_key: Any = None,
     options: Any = None,
     chat: tuple[str, str] | None = None,
+    task_id: str | None = None,
+    enqueue: bool = True,
 ) -> tuple[str, bool]:
     """Returns (task id, created). The task belongs to the caller's tenant. With an idempotency
     key the tenant used in the last 24 h for the same request, returns the first task's id and
     creates nothing (created=False); for a different request, IdempotencyKeyReused.
     `chat` (session id, message id) links an answer to its chat message: SendChatMessage's
-    alone, never a caller's."""
+    alone, never a caller's. `task_id` names the record (a redelivered message finds it
+    instead of creating a second); `enqueue=False` leaves running it to the caller."""
     s = ctx.settings
     sub = validate_submission(
         task_type=task_type, request_content=request_content, requested_by=requested_by, priority=priority,
@@ -50,10 +53,10 @@ def create_generation_task(
     if pinned and not ctx.router.known(pinned):
         raise ValidationError("unknown provider", details={"options.provider": f"no provider named {pinned!r}"})
     sub = replace(sub, budget=reserve_budget(ctx, sub))
-    task_id, created = ctx.tasks.create(sub, now=ctx.clock())
+    task_id, created = ctx.tasks.create(sub, task_id=task_id, now=ctx.clock())
     if not created and sub.budget is not None:
         ctx.usage.release(sub.tenant, sub.budget)  # a repeat: the first task holds its own reservation
-    if created:
+    if created and enqueue:
         try:
             ctx.enqueue(task_id, sub.priority)
         except Exception:  # noqa: BLE001 - the record is stored; the pending sweep enqueues it

@@ -37,6 +37,7 @@ end
 # or {2, first id} (the key named a task made from a different request: nothing written).
 CREATE = _EMIT + """
 local p, id = ARGV[1], ARGV[2]
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, id} end  -- named by a redelivered message: made already
 if KEYS[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
   if existing then

@@ -68,14 +68,14 @@ class TaskStore:
         return [self.keys.task(task_id), self.keys.task_stream(task_id), self.keys.global_stream]
 
     # writes ----------------------------------------------------------------------------
-    def create(self, sub: Submission, *, now: float | None = None) -> tuple[str, bool]:
+    def create(self, sub: Submission, *, task_id: str | None = None, now: float | None = None) -> tuple[str, bool]:
         """Store a new queued record. Returns (id, created); created is False when the tenant's
         idempotency key already named a task made from the same request, whose id is returned
         instead. The same key with a different request raises IdempotencyKeyReused."""
         now = time.time() if now is None else now
         cost, tokens, day, month = sub.budget or (None, None, None, None)
         record = TaskRecord(
-            id=str(uuid.uuid4()), task_type=sub.task_type, status=S.QUEUED, requested_by=sub.requested_by,
+            id=task_id or str(uuid.uuid4()), task_type=sub.task_type, status=S.QUEUED, requested_by=sub.requested_by,
             request_content=sub.request_content, priority=sub.priority, tenant=sub.tenant, metadata=sub.metadata,
             options=sub.options, provider=sub.options.provider, created_at=now, updated_at=now, enqueued_at=now,
             idempotency_key=sub.idempotency_key, chat_session_id=sub.chat_session_id,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Task, shared_task, states
 
 from aiintegration.commands import lifecycle
 from aiintegration.commands.context import get_context
@@ -14,19 +15,43 @@ from aiintegration.domain.auth import trusted
 from aiintegration.tasks import CALLER_ERRORS, current_worker_id, error_result, policy
 
 
-@shared_task(name="aiintegration.create_generation_task", **policy(answered=True, infra_retry=True))
-def create_generation_task(task_type: str, request_content: dict[str, Any], requested_by: str, priority: int = 5,
-                           metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
+@shared_task(name="aiintegration.create_generation_task", bind=True, **policy(answered=True, infra_retry=True))
+def create_generation_task(self: Task[Any, Any], /, task_type: str, request_content: dict[str, Any], requested_by: str,
+                           priority: int = 5, metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
                            options: dict[str, Any] | None = None, tenant: str | None = None) -> dict[str, Any]:
     """Returns {"ok": true, "id", "created"} or {"ok": false, "error"} for invalid input.
-    Callers with broker access are trusted: they name their tenant (default `celery`)."""
+    Callers with broker access are trusted: they name their tenant (default `celery`).
+
+    One broker hop, like a submission over REST: the record is named after this message, the
+    reply is stored at once (a caller waiting on it has it now), and the first attempt runs
+    right here instead of in a second `process_task` message. A redelivered message (its
+    worker died) finds its record and carries the attempt on; retries go as usual."""
+    ctx = get_context()
+    record_id = record_id_for(self.request.id)
     try:
-        task_id, created = create(get_context(), caller=trusted(tenant), task_type=task_type, request_content=request_content,
+        task_id, created = create(ctx, caller=trusted(tenant), task_type=task_type, request_content=request_content,
                                   requested_by=requested_by, priority=priority, metadata=metadata,
-                                  idempotency_key=idempotency_key, options=options)
+                                  idempotency_key=idempotency_key, options=options, task_id=record_id, enqueue=False)
     except CALLER_ERRORS as exc:
         return error_result(exc)
-    return {"ok": True, "id": task_id, "created": created}
+    reply = {"ok": True, "id": task_id, "created": created}
+    if task_id == record_id:  # ours (not another task an idempotency key named): run its first attempt here
+        if self.request.id and not self.request.ignore_result:
+            self.backend.store_result(self.request.id, reply, states.SUCCESS)
+        process(ctx, task_id, worker_id=current_worker_id(self), max_processing_time=ctx.settings.max_task_timeout_s,
+                message_id=f"{task_id}.1")
+    return reply
+
+
+def record_id_for(message_id: str | None) -> str:
+    """The record a create message names: its own id when that is a UUID (a plain Celery
+    client's), else a UUID derived from it; a fresh one for a message without an id."""
+    if not message_id:
+        return str(uuid.uuid4())
+    try:
+        return str(uuid.UUID(message_id))
+    except ValueError:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"aiintegration:{message_id}"))
 
 
 @shared_task(name="aiintegration.process_task", bind=True, **policy(answered=False, infra_retry=True))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 
-from tests.support import Worker, events_of, wait_status
+from tests.support import Worker, events_of, wait_for, wait_status
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -98,6 +99,34 @@ def test_another_service_can_submit_with_send_task_by_name(ctx):
     reply = async_result.get(timeout=10)
     assert reply["ok"] is True
     assert wait_status(ctx, reply["id"], ["succeeded"]).priority == 7
+
+
+def test_a_task_sent_by_name_takes_one_broker_hop_like_a_rest_submission(ctx, worker):
+    """The record is named after the create message and its first attempt runs there: no
+    second process_task message (the reply still comes back before the attempt ends)."""
+    from tests.support import celery_for
+
+    ctx.providers.put(ctx.providers.get("local").with_changes(extra={"latency_ms": 1500}))
+    try:
+        started = time.monotonic()
+        sent = celery_for(ctx.settings.redis_url).send_task("aiintegration.create_generation_task", kwargs={
+            "task_type": "text_generation", "request_content": {"prompt": "one hop"}, "requested_by": "svc"})
+        reply = sent.get(timeout=10)
+        replied_after = time.monotonic() - started
+        assert reply["ok"] and reply["created"] and reply["id"] == sent.id
+        assert replied_after < 1.2, f"the reply waited for the attempt ({replied_after:.2f}s)"
+        record = wait_status(ctx, reply["id"], ["succeeded"])
+        assert record.attempts == 1 and record.worker_id
+        assert f"aiintegration.process_task[{reply['id']}" not in worker.output()
+        celery_for(ctx.settings.redis_url).send_task(  # the same message again (a redelivery): found, not made twice
+            "aiintegration.create_generation_task", task_id=sent.id, kwargs={
+                "task_type": "text_generation", "request_content": {"prompt": "one hop"}, "requested_by": "svc"})
+        done = f"aiintegration.create_generation_task[{sent.id}] succeeded"
+        wait_for(lambda: worker.output().count(done) == 2, what="the second delivery to be handled")
+        assert [e["type"] for e in events_of(ctx, reply["id"])].count("task.created") == 1
+        assert ctx.tasks.get(reply["id"]).attempts == 1
+    finally:
+        ctx.providers.put(ctx.providers.get("local").with_changes(extra={}))
 
 
 def test_send_task_with_bad_input_gets_a_clear_error_back(ctx):
