@@ -24,6 +24,18 @@ end
 local function count(p, field, by)
   redis.call('HINCRBYFLOAT', p .. ':metrics', field, by or 1)
 end
+-- store/metrics.py's encoding: 'name|labels=value' counters, '~name|labels=value' observations
+local function apply_metrics(p, encoded)
+  for pair in string.gmatch(encoded, '[^;]+') do
+    local field, by = string.match(pair, '^(.*)=([^=]+)$')
+    if string.sub(field, 1, 1) == '~' then
+      local name, labels = string.match(string.sub(field, 2), '^([^|]*)|(.*)$')
+      observe(p, name, labels, tonumber(by))
+    else
+      count(p, field, tonumber(by))
+    end
+  end
+end
 local function move_status(p, id, old, new, created)
   if old ~= '' then redis.call('ZREM', p .. ':idx:status:' .. old, id) end
   redis.call('ZADD', p .. ':idx:status:' .. new, created, id)
@@ -187,15 +199,7 @@ elseif to == 'retrying' then
 elseif to == 'timed_out' then
   count(p, 'aii_tasks_timed_out_total|task_type=' .. ttype)
 end
-for pair in string.gmatch(ARGV[9], '[^;]+') do
-  local field, by = string.match(pair, '^(.*)=([^=]+)$')
-  if string.sub(field, 1, 1) == '~' then
-    local name, labels = string.match(string.sub(field, 2), '^([^|]*)|(.*)$')
-    observe(p, name, labels, tonumber(by))
-  else
-    count(p, field, tonumber(by))
-  end
-end
+apply_metrics(p, ARGV[9])
 for i = 0, nev - 1 do emit(KEYS[2], KEYS[3], ARGV[10], ARGV[11], ARGV[16 + 2 * i], ARGV[17 + 2 * i]) end
 return {1, st}
 """
@@ -270,15 +274,7 @@ NOTE = _EMIT + """
 local p = ARGV[1]
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 for i = 7, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
-for pair in string.gmatch(ARGV[6], '[^;]+') do
-  local field, by = string.match(pair, '^(.*)=([^=]+)$')
-  if string.sub(field, 1, 1) == '~' then
-    local name, labels = string.match(string.sub(field, 2), '^([^|]*)|(.*)$')
-    observe(p, name, labels, tonumber(by))
-  else
-    count(p, field, tonumber(by))
-  end
-end
+apply_metrics(p, ARGV[6])
 emit(KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[2], ARGV[3])
 return 1
 """
