@@ -107,3 +107,18 @@ def test_a_tenants_trickle_finishes_while_anothers_burst_waits(ctx, worker, fake
     last_trickle = max(records[t].finished_at for t in trickle)
     burst_after = sum(1 for t in burst if records[t].started_at > last_trickle)
     assert burst_after >= 8, f"only {burst_after} of the burst's 20 started after the trickle finished"
+
+
+def test_an_unpinned_task_that_cannot_wait_goes_to_another_provider_with_room(ctx, worker, fake):
+    configure(ctx, fake, {"rpm": 2})
+    ctx.providers.set_order(["openai", "local"])
+    try:
+        caller = Caller("default", Role.CLIENT)
+        ids = [create_generation_task(ctx, caller=caller, task_type="text_generation", request_content=TEXT,
+                                      requested_by="impatient", options={"timeout_s": 1})[0] for _ in range(6)]
+        records = finish(ctx, ids)
+    finally:
+        ctx.providers.set_order(["openai"])
+    providers = [r.provider for r in records]
+    assert providers.count("openai") <= 3 and "local" in providers  # a 2-per-window bucket, 1 s to wait
+    assert fake.limiter.rejected == 0
