@@ -81,6 +81,9 @@ local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local rid, wid, prio, tenant, weight = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
 local est = tonumber(ARGV[8])
 local rpm, tpm = limits(KEYS[1], tonumber(ARGV[9]), tonumber(ARGV[10]))
+if rpm <= 0 and tpm <= 0 and tonumber(redis.call('HGET', KEYS[1], 'paused_until') or '0') <= now then
+  return {1, '-1', '-1'}  -- no limit known yet: nothing to count (the answer's headers may teach one)
+end
 expire_old(KEYS[1], KEYS[2], KEYS[3], now, window)
 if tpm > 0 and est > tpm then est = tpm end  -- larger than the whole limit: it takes all of it
 local used_req = tonumber(redis.call('HGET', KEYS[1], 'used_requests') or '0')
