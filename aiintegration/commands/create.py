@@ -6,6 +6,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from aiintegration.commands.batches import admit, lane_group_for
 from aiintegration.commands.context import Context
 from aiintegration.domain.auth import TRUSTED, Caller
 from aiintegration.domain.submission import validate_submission
@@ -43,8 +44,11 @@ def create_generation_task(
     pinned = sub.options.provider
     if pinned and not ctx.router.known(pinned):
         raise ValidationError("unknown provider", details={"options.provider": f"no provider named {pinned!r}"})
+    sub = replace(sub, lane_group=lane_group_for(ctx, sub))
     task_id, created = ctx.tasks.create(sub, now=ctx.clock())
-    if created:
+    if created and sub.lane_group:  # the batch lane: it waits for a batch, no worker runs it
+        admit(ctx, task_id, sub.lane_group)
+    elif created:
         try:
             ctx.enqueue(task_id, sub.priority)
         except Exception:  # noqa: BLE001 - the record is stored; the pending sweep enqueues it

@@ -3,7 +3,7 @@ keep in Redis, and gauges read at scrape time."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiintegration.commands.context import Context
 from aiintegration.domain.states import MAX_PRIORITY
@@ -19,6 +19,8 @@ class Gauges:
     dlq_size: int
     workers_alive: int
     breakers: dict[str, int]  # provider → 0 closed, 1 half-open, 2 open
+    lane_depth: dict[str, int] = field(default_factory=dict)  # provider|model → tasks waiting for a batch
+    batches_in_flight: dict[str, int] = field(default_factory=dict)  # provider → lane batches not ended
 
 
 def cluster_metrics(ctx: Context) -> tuple[ClusterMetrics, Gauges]:
@@ -27,5 +29,6 @@ def cluster_metrics(ctx: Context) -> tuple[ClusterMetrics, Gauges]:
         queue_depth={MAX_PRIORITY - step: n for step, n in enumerate(depth)},
         tasks=ctx.tasks.counts(), dlq_size=ctx.dlq.size(), workers_alive=ctx.workers.alive(),
         breakers={name: BREAKER_VALUE.get(ctx.breakers[name].public_state(), 0) for name in ctx.providers.order()},
+        lane_depth=ctx.lane.depths(), batches_in_flight=ctx.lane.in_flight(),
     )
     return ctx.metrics.read(), gauges

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from aiintegration.commands.batches import return_to_lane
 from aiintegration.commands.chat import ChatStream, stream_for
 from aiintegration.commands.context import Context
 from aiintegration.commands.failures import handle_failure, mark_timed_out
@@ -54,6 +55,8 @@ def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_t
     claim = ctx.tasks.claim(task_id, worker_id=worker_id, lease_s=ctx.settings.lease_s,
                             max_processing_time=max_processing_time, now=ctx.clock())
     if not claim.claimed or claim.record is None:
+        if claim.lane:  # a batch-lane task is never run here: it waits for its next batch
+            return return_to_lane(ctx, task_id)
         return f"skipped:{claim.status or 'missing'}"
     record = claim.record
     run_id = record.run_id

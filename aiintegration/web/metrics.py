@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 
 from aiintegration.commands.context import Context
 from aiintegration.commands.metrics import cluster_metrics
+from aiintegration.domain.batching import split_group
 from aiintegration.web.current import context
 
 bp = Blueprint("metrics", __name__)
@@ -24,6 +25,7 @@ HELP = {
     "aii_task_duration_seconds": "Created to terminal state (end to end)",
     "aii_task_queue_wait_seconds": "Enqueued (or due) to claimed by a worker",
     "aii_provider_call_seconds": "Provider call time of successful attempts",
+    "aii_batch_saved_cost_total": "Batch lane: the realtime price minus what its batches cost (AII_PRICES / built-in)",
 }
 
 
@@ -59,6 +61,15 @@ class ClusterCollector(Collector):
         for name, value in gauges.breakers.items():
             breaker.add_metric([name], value)
         yield breaker
+        lane = GaugeMetricFamily("aii_batch_lane_depth", "Batch lane tasks waiting for a batch",
+                                 labels=["provider", "model"])
+        for group, n in gauges.lane_depth.items():
+            lane.add_metric(list(split_group(group)), n)
+        yield lane
+        flying = GaugeMetricFamily("aii_batches_in_flight", "Batch lane batches not ended yet", labels=["provider"])
+        for name, n in gauges.batches_in_flight.items():
+            flying.add_metric([name], n)
+        yield flying
 
 
 @bp.get("/metrics")
