@@ -121,7 +121,7 @@ def checkpoint(ctx: Context, step: str) -> None:
 
 def lane_lock_ttl_s(ctx: Context) -> float:
     """A dead holder's lock frees within this (the holder renews it while alive)."""
-    return min(30.0, max(2.0, 3 * ctx.settings.batch_interval_s))
+    return min(30.0, max(1.0, 3 * ctx.settings.batch_interval_s))
 
 
 def locked(name: str) -> Callable[[Run], Run]:
