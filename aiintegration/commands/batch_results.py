@@ -17,17 +17,18 @@ from aiintegration.commands.batches import batch_api, checkpoint, locked, return
 from aiintegration.commands.context import Context
 from aiintegration.commands.failures import handle_failure
 from aiintegration.commands.webhooks import notify_terminal
-from aiintegration.domain.batching import round_estimate_s, survives_another_round
+from aiintegration.domain.batching import COMPLETION_WINDOW_S, round_estimate_s, survives_another_round
 from aiintegration.domain.lane_batch import COUNT_KEYS, BatchStatus, LaneBatch
 from aiintegration.domain.pricing import estimate_cost
 from aiintegration.domain.records import TaskRecord
 from aiintegration.domain.states import TaskStatus
-from aiintegration.errors import AIIntegrationError, ProviderUnavailable, TransientError
+from aiintegration.errors import AIIntegrationError, ProviderUnavailable
 from aiintegration.providers.base import BatchAPI, BatchOutcome, Generation, ProviderBatch
 from aiintegration.store.metrics import Sample, counter
 
 log = logging.getLogger(__name__)
 S, B = TaskStatus, BatchStatus
+GIVE_UP_AFTER_S = 3600.0  # past the provider's completion window, an unreadable batch's tasks go round again
 # What a task that this batch no longer owns has become (it was applied before a crash, or cancelled).
 _SINCE: dict[str, str] = {S.SUCCEEDED: "succeeded", S.DEAD_LETTERED: "failed", S.CANCELLED: "discarded"}
 
@@ -43,9 +44,8 @@ def poll_batches(ctx: Context) -> dict[str, Any]:
             continue
         try:
             out[_poll(ctx, batch)] += 1
-        except TransientError as exc:  # the provider is unreachable now: the next poll asks again
-            log.warning("polling batch %s failed: %s", batch.id, exc.message)
-            out["unreachable"] += 1
+        except AIIntegrationError as exc:  # the next poll asks again; see _unreadable for how long
+            out[_unreadable(ctx, batch, exc)] += 1
     ctx.lane.trim(before=ctx.clock() - ctx.settings.retention_s)
     return dict(out)
 
@@ -68,6 +68,23 @@ def _poll(ctx: Context, batch: LaneBatch) -> str:
             return "in_progress"
         batch = ctx.lane.update(batch, status=B.APPLYING, ended_at=ctx.clock())
     return _apply(ctx, api, batch, found)
+
+
+def _unreadable(ctx: Context, batch: LaneBatch, exc: AIIntegrationError) -> str:
+    """The provider did not answer about a batch (down, or it says there is no such batch).
+    Its tasks keep waiting — sending them elsewhere while the batch may still run would pay
+    for them twice — until the provider's completion window is long over; then they go round
+    again (or to realtime) without it."""
+    log.warning("polling batch %s (%s %s) failed: %s", batch.id, batch.provider, batch.provider_id, exc.message)
+    batch = ctx.lane.update(batch, error=f"{exc.code}: {exc.message}")
+    if ctx.clock() - (batch.submitted_at or batch.created_at) < COMPLETION_WINDOW_S + GIVE_UP_AFTER_S:
+        return "unreachable"
+    counts: Counter[str] = Counter()
+    for record in ctx.tasks.get_many(list(batch.tasks)):
+        counts[_send_back(ctx, batch, record, "lost") if record else "discarded"] += 1
+    ctx.lane.finish(batch, status=B.ENDED, ended_at=ctx.clock(),
+                    counts={k: len(batch.tasks) if k == "total" else counts.get(k, 0) for k in COUNT_KEYS})
+    return "given_up"
 
 
 def _all_cancelled(ctx: Context, batch: LaneBatch) -> bool:

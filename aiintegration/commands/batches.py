@@ -37,6 +37,7 @@ from aiintegration.domain.auth import TRUSTED, Caller
 from aiintegration.domain.batching import (
     COMPLETION_WINDOW_S,
     LANE,
+    batch_enabled,
     cut,
     group_name,
     is_due,
@@ -140,8 +141,9 @@ def locked(name: str) -> Callable[[Run], Run]:
 
 
 def batch_api(ctx: Context, provider: str) -> BatchAPI | None:
+    """The provider's batch API, while it is configured, enabled and has one."""
     config = ctx.router.config(provider)
-    if config is None or not config.enabled:
+    if config is None or not batch_enabled(config):
         return None
     adapter = ctx.router.provider(provider)
     return adapter if isinstance(adapter, BatchAPI) else None
@@ -160,33 +162,47 @@ def collect_batches(ctx: Context) -> dict[str, Any]:
         out[outcome] += 1
         if outcome in ("unresolved", "submit_failed"):
             blocked.add(batch.provider)
-    now = ctx.clock()
-    groups = ctx.lane.groups()
-    for group, (waiting, oldest) in zip(groups, ctx.lane.group_states(groups), strict=True):
-        provider, _ = split_group(group)
-        if waiting == 0:
-            ctx.lane.forget_if_empty(group)
-            continue
-        config = ctx.router.config(provider)
-        if config is None or batch_api(ctx, provider) is None:
-            out["to_realtime"] += _abandon_group(ctx, group)
-            continue
-        limits = limits_for(config.kind, ctx.settings.batch_max_requests)
-        for _ in range(MAX_BATCHES_PER_RUN):
-            if provider in blocked or not is_due(waiting=waiting, oldest_waited_s=now - (oldest or now),
-                                                 max_requests=limits.max_requests,
-                                                 max_wait_s=ctx.settings.batch_max_wait_s):
-                break
-            taken = _take(ctx, group, config.kind)
-            if taken is None:
-                break
-            batch, records = taken
-            outcome = _submit(ctx, batch, records)
-            out[outcome] += 1
-            if outcome == "submit_failed":
-                blocked.add(provider)
-            [(waiting, oldest)] = ctx.lane.group_states([group])
+    for _ in range(3):  # groups that filled up meanwhile (a burst) go in this run, not at the next beat
+        submitted = 0
+        for group in ctx.lane.groups():
+            done, outcomes = _collect_group(ctx, group, blocked)
+            submitted += done
+            out.update(outcomes)
+        if not submitted:
+            break
     return dict(out)
+
+
+def _collect_group(ctx: Context, group: str, blocked: set[str]) -> tuple[int, Counter[str]]:
+    """Submit the group's batches while it is due; returns how many, and what happened."""
+    out: Counter[str] = Counter()
+    provider, _ = split_group(group)
+    [(waiting, oldest)] = ctx.lane.group_states([group])
+    if waiting == 0:
+        ctx.lane.forget_if_empty(group)
+        return 0, out
+    config = ctx.router.config(provider)
+    if config is None or batch_api(ctx, provider) is None:
+        out["to_realtime"] += _abandon_group(ctx, group)
+        return 0, out
+    limits = limits_for(config.kind, ctx.settings.batch_max_requests)
+    submitted = 0
+    for _ in range(MAX_BATCHES_PER_RUN):
+        now = ctx.clock()
+        if provider in blocked or not is_due(waiting=waiting, oldest_waited_s=now - (oldest or now),
+                                             max_requests=limits.max_requests,
+                                             max_wait_s=ctx.settings.batch_max_wait_s):
+            break
+        taken = _take(ctx, group, config.kind)
+        if taken is None:
+            break
+        outcome = _submit(ctx, *taken)
+        out[outcome] += 1
+        submitted += 1
+        if outcome == "submit_failed":
+            blocked.add(provider)
+        [(waiting, oldest)] = ctx.lane.group_states([group])
+    return submitted, out
 
 
 def _live(ctx: Context, statuses: frozenset[BatchStatus]) -> list[LaneBatch]:
