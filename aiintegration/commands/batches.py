@@ -259,7 +259,8 @@ def _submit(ctx: Context, batch: LaneBatch, records: Mapping[str, TaskRecord]) -
     if api is None:
         for record in records.values():
             release_to_realtime(ctx, record)
-        ctx.lane.finish(batch, status=B.REFUSED, error="the provider has no batch API now", ended_at=ctx.clock())
+        ctx.lane.finish(batch, status=B.REFUSED, error="the provider has no batch API now", ended_at=ctx.clock(),
+                        counts={"total": len(batch.tasks), "requeued": len(records)})
         return "refused"
     timeout_s = ctx.router.provider(batch.provider).config.timeout_s
     requests = [BatchRequest(r.id, GenerationRequest(r.task_type, r.request_content, timeout_s=timeout_s,
@@ -275,7 +276,8 @@ def _submit(ctx: Context, batch: LaneBatch, records: Mapping[str, TaskRecord]) -
                     len(records))
         for record in records.values():
             release_to_realtime(ctx, record)
-        ctx.lane.finish(batch, status=B.REFUSED, error=f"{exc.code}: {exc.message}", ended_at=ctx.clock())
+        ctx.lane.finish(batch, status=B.REFUSED, error=f"{exc.code}: {exc.message}", ended_at=ctx.clock(),
+                        counts={"total": len(batch.tasks), "requeued": len(records)})
         return "refused"
     except TransientError as exc:  # maybe created: the next run asks the provider before resubmitting
         log.warning("submitting batch %s failed (%s); the next run reconciles", batch.id, exc.message)
@@ -331,8 +333,9 @@ def _resume(ctx: Context, batch: LaneBatch) -> str:
             return "adopted"
     held = _held(ctx, batch)
     if not held or api is None:  # nothing left to send, or nowhere to send it: back to the lane
-        ctx.lane.release(batch, now=ctx.clock())
-        ctx.lane.finish(batch, status=B.ABANDONED, ended_at=ctx.clock(), counts={"total": len(batch.tasks)})
+        back = ctx.lane.release(batch, now=ctx.clock())
+        ctx.lane.finish(batch, status=B.ABANDONED, ended_at=ctx.clock(),
+                        counts={"total": len(batch.tasks), "requeued": back})
         return "abandoned"
     log.warning("batch %s never reached %s: submitting it again", batch.id, batch.provider)
     return _submit(ctx, batch, held)
