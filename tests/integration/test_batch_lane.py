@@ -71,8 +71,8 @@ def test_lane_tasks_on_both_providers_succeed_in_batches_at_half_the_price(clien
     for record in records.values():
         provider = record.result["provider"]
         usage = record.result["usage"]
-        realtime = estimate_cost({}, model=MODELS[provider], provider=provider, input_tokens=usage["input_tokens"],
-                                 output_tokens=usage["output_tokens"])
+        realtime = estimate_cost(ctx.settings.prices, model=MODELS[provider], provider=provider,
+                                 input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"])
         assert record.result["batch"] is True and record.result["model"] == MODELS[provider]
         assert record.cost == pytest.approx(realtime / 2, abs=1e-8) and record.cost > 0
         assert record.result["batch_id"].startswith("batch_" if provider == "openai" else "msgbatch_")
@@ -85,6 +85,20 @@ def test_lane_tasks_on_both_providers_succeed_in_batches_at_half_the_price(clien
     assert {b.provider for b in mine} == {"openai", "anthropic"} and max(len(b.custom_ids) for b in mine) <= 100
     listed = client.get("/v1/batches?limit=200", headers=auth).json["items"]
     assert sum(b["counts"]["succeeded"] for b in listed if b["id"] in {m.id for m in mine}) == N
+
+
+def test_another_service_asks_for_the_lane_by_task_name(ctx, lane):
+    from celery import Celery
+
+    url = ctx.settings.redis_url  # a plain client of another service: only the broker URL
+    celery = Celery("nightly-service", broker=url, backend=url, set_as_current=False)
+    reply = celery.send_task("aiintegration.create_generation_task", kwargs={
+        "task_type": "chat_completion", "request_content": {"messages": [{"role": "user", "content": "later"}]},
+        "requested_by": "nightly-service", "options": {"provider": "anthropic", "batch": True}}).get(timeout=10)
+    assert reply["ok"] is True
+    record = wait_status(ctx, reply["id"], ["succeeded"], timeout_s=20)
+    assert record.result["batch"] is True and record.tenant == "celery"
+    assert kinds(ctx, record.id) == ["task.created", "task.batched", "task.started", "task.succeeded"]
 
 
 def test_a_per_item_400_goes_to_the_dlq_with_the_message_and_a_5xx_to_the_next_batch(client, auth, ctx, lane):

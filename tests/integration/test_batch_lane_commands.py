@@ -115,8 +115,8 @@ def test_results_arrive_at_half_the_price_and_a_failed_item_near_its_deadline_re
     run_lane(tight)
     done = lctx.tasks.get(ok)
     usage = done.result["usage"]
-    realtime = estimate_cost({}, model="gpt-4o-mini", provider="openai", input_tokens=usage["input_tokens"],
-                             output_tokens=usage["output_tokens"])
+    realtime = estimate_cost(lctx.settings.prices, model="gpt-4o-mini", provider="openai",
+                             input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"])
     assert done.result["batch"] is True and done.result["batch_id"].startswith("batch_")
     assert done.cost == pytest.approx(realtime / 2, abs=1e-8) and done.cost > 0  # costs are kept to 8 places
     retried = lctx.tasks.get(flaky)

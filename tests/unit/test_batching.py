@@ -22,7 +22,7 @@ from aiintegration.domain.batching import (
     wants_lane,
 )
 from aiintegration.domain.lane_batch import BatchStatus, LaneBatch
-from aiintegration.domain.pricing import BUILTIN_PRICES, estimate_cost, parse_prices
+from aiintegration.domain.pricing import estimate_cost, parse_prices
 from aiintegration.domain.providers import ProviderConfig, default_configs
 from aiintegration.domain.submission import validate_submission
 from aiintegration.errors import ValidationError
@@ -123,10 +123,11 @@ def test_a_retry_goes_round_the_lane_only_if_the_deadline_survives_another_round
 
 
 def test_the_batch_price_is_half_the_realtime_price_unless_given():
-    realtime = estimate_cost({}, model="gpt-4o-mini", provider="openai", input_tokens=1000, output_tokens=1000)
-    batch = estimate_cost({}, model="gpt-4o-mini", provider="openai", input_tokens=1000, output_tokens=1000,
+    builtin = parse_prices("")  # no AII_PRICES: the built-in list prices of the default models
+    realtime = estimate_cost(builtin, model="gpt-4o-mini", provider="openai", input_tokens=1000, output_tokens=1000)
+    batch = estimate_cost(builtin, model="gpt-4o-mini", provider="openai", input_tokens=1000, output_tokens=1000,
                           batch=True)
-    assert realtime == pytest.approx(sum(BUILTIN_PRICES["gpt-4o-mini"].values())) and batch == pytest.approx(realtime / 2)
+    assert realtime == pytest.approx(0.00015 + 0.0006) and batch == pytest.approx(realtime / 2)
     prices = parse_prices('{"m": {"input_per_1k": 1, "output_per_1k": 2, "batch_input_per_1k": 0.25}}')
     assert estimate_cost(prices, model="m", provider="p", input_tokens=1000, output_tokens=1000, batch=True) == 1.25
     assert estimate_cost({}, model="local-echo-1", provider="local", input_tokens=9, output_tokens=9, batch=True) == 0
