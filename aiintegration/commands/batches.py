@@ -234,7 +234,8 @@ def _take(ctx: Context, group: str, kind: str) -> tuple[LaneBatch, dict[str, Tas
     ready = [loaded[i] for i in ids if i in loaded and loaded[i].status == S.QUEUED and loaded[i].lane == LANE
              and not loaded[i].batch_ref]
     chosen = ready[:cut([json_size(r.request_content) for r in ready], limits)]
-    stale = [i for i in ids if i not in {r.id for r in ready}]  # cancelled, gone, realtime: they leave the set
+    ready_ids = {r.id for r in ready}
+    stale = [i for i in ids if i not in ready_ids]  # cancelled, gone, realtime: they leave the set
     now = ctx.clock()
     batch = LaneBatch(id=uuid.uuid4().hex, provider=provider, kind=kind, model=model, status=B.PREPARING,
                       created_at=now, intent_at=now)

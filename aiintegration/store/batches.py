@@ -241,10 +241,13 @@ class BatchStore:
 
     def in_flight(self) -> dict[str, int]:
         """Live batches per provider."""
+        pipe = self.r.pipeline(transaction=False)
+        for batch_id in self.live():
+            pipe.hget(self.keys.lane_batch(batch_id), "provider")  # not the whole record: no task list per scrape
         out: dict[str, int] = {}
-        for batch in self.get_many(self.live()):
-            if batch is not None:
-                out[batch.provider] = out.get(batch.provider, 0) + 1
+        for provider in cast(list[str | None], pipe.execute()):
+            if provider:
+                out[provider] = out.get(provider, 0) + 1
         return out
 
     def page(self, *, limit: int, cursor: str | None = None) -> tuple[list[tuple[LaneBatch, float]], bool]:
