@@ -92,4 +92,15 @@ beat_schedule = {
         "schedule": _s.dlq_interval_s,
         "options": {"priority": 0, "expires": _s.dlq_interval_s},
     },
+    # the batch lane: submit what is due, poll what was submitted
+    "collect-batches": {
+        "task": "aiintegration.collect_batches",
+        "schedule": _s.batch_interval_s,
+        "options": {"priority": 0, "expires": _s.batch_interval_s},
+    },
+    "poll-batches": {
+        "task": "aiintegration.poll_batches",
+        "schedule": _s.batch_interval_s,
+        "options": {"priority": 0, "expires": _s.batch_interval_s},
+    },
 }

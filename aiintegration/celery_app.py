@@ -56,7 +56,7 @@ class CeleryPublisher:
 # task_cls by name: the tasks' base class is resolved when the first task is made.
 app = Celery("aiintegration", task_cls="aiintegration.tasks:SafeTask", include=["aiintegration.tasks.generation", "aiintegration.tasks.sweeps",
                                        "aiintegration.tasks.providers", "aiintegration.tasks.webhooks",
-                                       "aiintegration.tasks.chat"])
+                                       "aiintegration.tasks.chat", "aiintegration.tasks.batches"])
 app.config_from_object("celeryconfig")
 use_publisher(CeleryPublisher(app))
 

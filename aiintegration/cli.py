@@ -220,6 +220,14 @@ def cmd_providers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batches(args: argparse.Namespace) -> int:
+    from aiintegration.commands.batches import list_batches
+
+    items, cursor = list_batches(_context(), provider=args.provider, status=args.status, limit=args.limit)
+    _print({"items": items, "next_cursor": cursor})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aiintegration", description=__doc__)
     where = argparse.ArgumentParser(add_help=False)
@@ -258,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     prov.add_argument("--switch", nargs=2, metavar=("FROM", "TO"))
     prov.add_argument("--reason")
     prov.set_defaults(func=cmd_providers)
+    batches = sub.add_parser("batches", parents=[where],
+                             help="the batch lane's provider batches: provider, status, counts, age")
+    batches.add_argument("--provider")
+    batches.add_argument("--status")
+    batches.add_argument("--limit", type=int, default=50)
+    batches.set_defaults(func=cmd_batches)
     args = parser.parse_args(argv)
     if args.func is not cmd_run:
         from aiintegration.runstate import EXIT_UNREACHABLE, find_stack

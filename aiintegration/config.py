@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from aiintegration.domain.auth import TokenGrant, parse_tokens
+from aiintegration.domain.batching import BatchPolicy, parse_policy
 from aiintegration.domain.budgets import Budget, parse_budgets
 from aiintegration.domain.pricing import Price, parse_prices
 
@@ -95,6 +96,13 @@ class Settings:
     tenant_weights: Mapping[str, float] = field(default_factory=dict)  # fair share when providers are scarce
     budgets: Mapping[str, Budget] = field(default_factory=dict)  # AII_BUDGETS: domain/budgets.py
     provider_env: Mapping[str, str] = field(default_factory=dict)
+    # the batch lane (commands/batches.py)
+    batch_interval_s: float = 60.0  # beat collects waiting lane tasks and polls batches this often
+    batch_max_wait_s: float = 600.0  # a group is submitted once its oldest task waited this long
+    batch_max_requests: int = 1000  # ... or once this many wait (capped by the provider's own limit)
+    batch_deadline_s: float = 86400.0  # a lane task is done this long after it was created, in realtime if need be
+    batch_policy: BatchPolicy | None = None
+    batch_crash_at: str = ""  # tests only: the lane step where a worker SIGKILLs itself (AII_BATCH_CRASH_AT)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -139,6 +147,12 @@ class Settings:
             quota_max_countdown_s=_float(env, "AII_QUOTA_MAX_COUNTDOWN_S", cls.quota_max_countdown_s),
             tenant_weights=_weights(env.get("AII_TENANT_WEIGHTS", "")),
             budgets=parse_budgets(env.get("AII_BUDGETS", "")),
+            batch_interval_s=_float(env, "AII_BATCH_INTERVAL_S", cls.batch_interval_s),
+            batch_max_wait_s=_float(env, "AII_BATCH_MAX_WAIT_S", cls.batch_max_wait_s),
+            batch_max_requests=_int(env, "AII_BATCH_MAX_REQUESTS", cls.batch_max_requests),
+            batch_deadline_s=_float(env, "AII_BATCH_DEADLINE_S", cls.batch_deadline_s),
+            batch_policy=parse_policy(env.get("AII_BATCH_POLICY", "")),
+            batch_crash_at=env.get("AII_BATCH_CRASH_AT", "").strip(),
             provider_env={k: v for k, v in env.items() if v and (k in keep or k.startswith("AII_PROVIDER_"))},
         )
 

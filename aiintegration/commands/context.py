@@ -19,6 +19,7 @@ from aiintegration.commands.routing import Router
 from aiintegration.commands.runner import AttemptRunner
 from aiintegration.config import Settings, get_settings
 from aiintegration.domain.providers import default_configs
+from aiintegration.store.batches import BatchStore
 from aiintegration.store.breakers import Breakers
 from aiintegration.store.broker_queue import BrokerQueue
 from aiintegration.store.chat import ChatStore
@@ -77,6 +78,7 @@ class Context:
     usage: UsageStore
     router: Router
     runner: AttemptRunner
+    lane: BatchStore
     clock: Callable[[], float] = time.time
 
     @classmethod
@@ -99,7 +101,8 @@ class Context:
             sweeps=SweepStore(client, keys=keys), metrics=MetricsStore(client, keys=keys),
             feeds=OpenFeeds(client, keys=keys), quotas=QuotaStore(client, keys=keys, window_s=s.quota_window_s),
             usage=UsageStore(client, keys=keys), router=Router(providers, blocked_for=breakers.blocked_for),
-            runner=AttemptRunner(tasks, lease_s=s.lease_s), clock=clock,
+            runner=AttemptRunner(tasks, lease_s=s.lease_s),
+            lane=BatchStore(client, keys=keys, retention_s=s.retention_s), clock=clock,
         )
         providers.seed()
         return ctx

@@ -6,6 +6,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from aiintegration.commands.batches import admit, lane_group_for
 from aiintegration.commands.context import Context
 from aiintegration.commands.tracing import current_trace_context
 from aiintegration.commands.usage import reserve_budget
@@ -52,11 +53,13 @@ def create_generation_task(
     pinned = sub.options.provider
     if pinned and not ctx.router.known(pinned):
         raise ValidationError("unknown provider", details={"options.provider": f"no provider named {pinned!r}"})
-    sub = replace(sub, budget=reserve_budget(ctx, sub))
+    sub = replace(sub, budget=reserve_budget(ctx, sub), lane_group=lane_group_for(ctx, sub))
     task_id, created = ctx.tasks.create(sub, task_id=task_id, now=ctx.clock())
     if not created and sub.budget is not None:
         ctx.usage.release(sub.tenant, sub.budget)  # a repeat: the first task holds its own reservation
-    if created and enqueue:
+    if created and sub.lane_group:  # the batch lane: it waits for a batch, no worker runs it
+        admit(ctx, task_id, sub.lane_group)
+    elif created and enqueue:
         try:
             ctx.enqueue(task_id, sub.priority)
         except Exception:  # noqa: BLE001 - the record is stored; the pending sweep enqueues it

@@ -3,7 +3,7 @@ keep in Redis, and gauges read at scrape time."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiintegration.commands.context import Context
 from aiintegration.commands.providers import quota_state
@@ -23,6 +23,8 @@ class Gauges:
     breakers: dict[str, int]  # provider → 0 closed, 1 half-open, 2 open
     ratelimit_remaining: dict[tuple[str, str, str], int]  # (provider, model or "*", requests|tokens) → left
     budget_spent: dict[tuple[str, str, str], float]  # (tenant, day|month, cost|tokens) → spent this window
+    lane_depth: dict[str, int] = field(default_factory=dict)  # provider|model → tasks waiting for a batch
+    batches_in_flight: dict[str, int] = field(default_factory=dict)  # provider → lane batches not ended
 
 
 def _remaining(ctx: Context) -> dict[tuple[str, str, str], int]:
@@ -47,5 +49,6 @@ def cluster_metrics(ctx: Context) -> tuple[ClusterMetrics, Gauges]:
         ratelimit_remaining=_remaining(ctx),
         budget_spent={(row["tenant"], window, kind): value for row in budgets_view(ctx)
                       for window in ("day", "month") for kind, value in row[window]["spent"].items()},
+        lane_depth=ctx.lane.depths(), batches_in_flight=ctx.lane.in_flight(),
     )
     return ctx.metrics.read(), gauges

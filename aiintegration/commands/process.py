@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiintegration.commands import quotas
+from aiintegration.commands.batches import return_to_lane
 from aiintegration.commands.chat import ChatStream, stream_for
 from aiintegration.commands.context import Context
 from aiintegration.commands.failures import handle_failure, mark_timed_out
@@ -92,6 +93,8 @@ def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_t
     seen = ctx.tasks.get(task_id)
     if seen is None or seen.status not in RUNNABLE:
         return f"skipped:{seen.status if seen else 'missing'}"
+    if seen.lane:  # a batch-lane task is never run here (nor asks for realtime quota): it waits for a batch
+        return return_to_lane(ctx, task_id)
     provider: Provider | None = None
     choice: AIIntegrationError | None = None
     ticket: quotas.Ticket | None = None
@@ -111,6 +114,8 @@ def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_t
     if not claim.claimed or claim.record is None:
         if ticket is not None:
             quotas.give_back(ctx, ticket)
+        if claim.lane:  # a batch-lane task is never run here: it waits for its next batch
+            return return_to_lane(ctx, task_id)
         return f"skipped:{claim.status or 'missing'}"
     record = claim.record
     if claim.recovered:

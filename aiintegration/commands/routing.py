@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from aiintegration.domain.batching import lane_provider
 from aiintegration.domain.providers import ProviderConfig
 from aiintegration.domain.routing import Candidate, alternatives, choose_provider
 from aiintegration.errors import NotFound
@@ -89,3 +90,14 @@ class Router:
         return [self.provider(name) for name in alternatives(
             task_type, order=self._order, candidates=self._candidates, blocked_for=self.blocked_for,
             excluding=excluding)]
+    def config(self, name: str) -> ProviderConfig | None:
+        self._refresh()
+        return self._configs.get(name)
+
+    def lane_provider(self, task_type: str, *, pinned: str | None = None) -> ProviderConfig | None:
+        """The provider a batch-lane task waits for, or None: it stays realtime (the rule:
+        `domain.batching.lane_provider`)."""
+        self._refresh()
+        name = lane_provider(task_type, order=self._order, configs=self._configs, pinned=pinned,
+                             capabilities={n: c.capabilities for n, c in self._candidates.items()})
+        return self._configs.get(name) if name else None

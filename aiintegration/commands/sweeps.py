@@ -11,10 +11,12 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from aiintegration.commands.batches import return_to_lane
 from aiintegration.commands.context import Context
 from aiintegration.commands.dlq import drop_old_entries
 from aiintegration.commands.failures import mark_timed_out
 from aiintegration.commands.lifecycle import retry_task
+from aiintegration.domain.batching import LANE
 from aiintegration.domain.states import TaskStatus
 from aiintegration.errors import TaskTimedOut
 
@@ -81,11 +83,18 @@ def process_pending_tasks(ctx: Context, *, limit: int = 500) -> dict[str, Any]:
     are queued records, and retrying records well past their retry time. Duplicates are
     harmless (the claim lets one run); then publish counts by status."""
     now, grace = ctx.clock(), ctx.settings.pending_grace_s
-    missing = max(0, ctx.tasks.count(S.QUEUED) - _messages_for_queued(ctx))
+    # Queued batch-lane tasks wait in the lane, not on the broker.
+    in_lane = sum(ctx.lane.depths().values())
+    missing = max(0, ctx.tasks.count(S.QUEUED) - _messages_for_queued(ctx) - in_lane)
     requeued = 0
     if missing:
-        stale = ctx.tasks.in_status(S.QUEUED, created_before=now - grace, limit=min(limit, missing))
+        stale = ctx.tasks.in_status(S.QUEUED, created_before=now - grace,
+                                    limit=min(limit, missing) + min(in_lane, 5000))
         for record in ctx.tasks.get_many(stale):
+            if record and record.lane == LANE:
+                if not record.batch_ref:
+                    return_to_lane(ctx, record.id)  # lost on its way into the lane: it waits again
+                continue
             if record and record.status == S.QUEUED and (record.enqueued_at or 0) < now - grace:
                 ctx.tasks.set_fields(record.id, enqueued_at=now)
                 ctx.enqueue(record.id, record.priority, attempt=record.attempts + 1)

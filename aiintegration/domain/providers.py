@@ -111,7 +111,8 @@ def default_configs(names: tuple[str, ...], env: Mapping[str, str], *,
     """Configs for the names in AII_PROVIDERS. `openai`, `anthropic` and `local` are known;
     any other name is an OpenAI-compatible endpoint configured by AII_PROVIDER_<NAME>_BASE_URL
     (and optionally _API_KEY). AII_PROVIDER_<NAME>_MODEL sets any provider's text and chat
-    model."""
+    model. AII_PROVIDER_<NAME>_BATCH=1|0 turns its batch API on or off for the batch lane (on
+    for openai and anthropic, off for OpenAI-compatible servers unless set)."""
     out = []
     for name in names:
         upper = name.upper().replace("-", "_")
@@ -119,13 +120,16 @@ def default_configs(names: tuple[str, ...], env: Mapping[str, str], *,
         models = {"text_generation": model, "chat_completion": model} if model else {}
         limits = limits_from_env(upper, env).to_dict()
         limits = limits if any(limits.values()) else {}
+        batch = env.get(f"AII_PROVIDER_{upper}_BATCH", "").strip()
+        extra = {"batch": batch in ("1", "true", "yes")} if batch else {}
         if name == "local":
             out.append(ProviderConfig("local", "local", extra={"latency_ms": local_latency_ms}, limits=limits))
         elif name in ("openai", "anthropic"):
             out.append(ProviderConfig(name, name, api_key=env.get(f"{upper}_API_KEY"),
-                                      base_url=env.get(f"{upper}_BASE_URL"), models=models, limits=limits))
+                                      base_url=env.get(f"{upper}_BASE_URL"), models=models, limits=limits,
+                                      extra=extra))
         else:
             out.append(ProviderConfig(name, "openai_compatible", api_key=env.get(f"AII_PROVIDER_{upper}_API_KEY"),
                                       base_url=env.get(f"AII_PROVIDER_{upper}_BASE_URL"), models=models,
-                                      limits=limits))
+                                      limits=limits, extra=extra))
     return out

@@ -45,6 +45,7 @@ class TaskOptions:
     retry_on_timeout: bool = True
     stream: bool = False
     callback_url: str | None = None
+    batch: bool | None = None  # the batch lane: true / false, or None to let AII_BATCH_POLICY decide
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskOptions:
@@ -99,6 +100,12 @@ class TaskRecord:
     budget_tokens: int | None = None
     budget_day: str | None = None
     budget_month: str | None = None
+    # the batch lane (commands/batches.py): `lane` is "batch" while the task belongs to it, and
+    # `lane_group` the provider|model it waits for; `batch_ref` names the lane batch holding it
+    # while that batch is being submitted (a submitted batch owns its tasks through `run_id`)
+    lane: str | None = None
+    lane_group: str | None = None
+    batch_ref: str | None = None
 
     @property
     def max_retries(self) -> int:
@@ -184,8 +191,10 @@ _FIELD_KINDS: dict[str, Any] = {
     "worker_id": str, "result": json.loads, "error": json.loads, "created_at": float, "started_at": float,
     "finished_at": float, "updated_at": float, "deadline_at": float, "enqueued_at": float, "retry_at": float,
     "lease_until": float, "run_id": str, "idempotency_key": str, "auto_retries": int, "budget_from": int,
-    "cost": float, "cancel_reason": str, "tenant": str, "chat_session_id": str, "chat_message_id": str, "trace_context": str, "throttled_at": float,
+    "cost": float, "cancel_reason": str, "tenant": str, "chat_session_id": str, "chat_message_id": str,
+    "trace_context": str, "throttled_at": float,
     "budget_cost": float, "budget_tokens": int, "budget_day": str, "budget_month": str,
+    "lane": str, "lane_group": str, "batch_ref": str,
     "max_retries": int, "timeout_s": float,  # derived from the options; read back from them
 }
 _DERIVED = frozenset({"max_retries", "timeout_s"})

@@ -44,12 +44,16 @@ class Submission:
     chat_message_id: str | None = None
     trace_context: str | None = None  # the creating request's traceparent, when traced
     budget: tuple[float, int, str, str] | None = None  # reserved at submission: cost, tokens, day, month
+    lane_group: str | None = None  # set by CreateGenerationTask when the task goes to the batch lane
 
     def fingerprint(self) -> str:
         """What an idempotency key is bound to: the request as validated (defaults filled in),
         so the same request with or without its defaults spelled out is the same request."""
+        options = self.options.to_dict()
+        if options.get("batch") is None:  # unset: the same request as before the option existed
+            options.pop("batch", None)
         canonical = json.dumps([self.task_type, self.request_content, self.requested_by, self.priority, self.metadata,
-                                self.options.to_dict()], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+                                options], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
@@ -114,6 +118,8 @@ def _check_options(options: Any, *, default_timeout_s: float, max_timeout_s: flo
     for flag in ("retry_on_timeout", "stream"):
         if not isinstance(out[flag], bool):
             errors[f"options.{flag}"] = "must be true or false"
+    if out["batch"] is not None and not isinstance(out["batch"], bool):
+        errors["options.batch"] = "must be true, false or null"
     url = out["callback_url"]
     if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://")) and len(url) <= MAX_URL):
         errors["options.callback_url"] = "must be an http(s) URL"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence, Set
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -12,9 +12,15 @@ import anthropic
 from aiintegration import errors
 from aiintegration.domain.providers import ProviderConfig
 from aiintegration.providers.base import (
+    ANTHROPIC_ERROR_STATUS,
+    CLOCK_SLACK_S,
+    BatchAPI,
+    BatchOutcome,
+    BatchRequest,
     Generation,
     GenerationRequest,
     Provider,
+    ProviderBatch,
     ShouldStop,
     Usage,
     anthropic_rate_limits,
@@ -76,7 +82,12 @@ def _usage(usage: Any) -> Usage:
                  cached_input_tokens=read, cache_write_tokens=written)
 
 
-class AnthropicProvider(Provider):
+def _batch(found: Any) -> ProviderBatch:
+    return ProviderBatch(found.id, found.processing_status, found.processing_status == "ended",
+                         found.created_at.timestamp(), found.request_counts.model_dump())
+
+
+class AnthropicProvider(Provider, BatchAPI):
     kind = "anthropic"
     capabilities = frozenset({"text_generation", "chat_completion"})
     # claude-sonnet-4-5 reaches end of life on 2026-11-30 (the SDK's deprecation table).
@@ -129,3 +140,60 @@ class AnthropicProvider(Provider):
 
     def check(self) -> None:
         self.generate(GenerationRequest("text_generation", {"prompt": "ping", "max_tokens": 1}, timeout_s=10))
+
+    def _generation(self, reply: Any, model: str) -> Generation:
+        """A message of a batch's results, read as `generate` reads one."""
+        if reply.stop_reason == "refusal":
+            raise errors.ContentRejected("the provider refused the request", provider=self.name)
+        return Generation(self.name, reply.model or model, text="".join(getattr(b, "text", "") for b in reply.content or []),
+                          usage=Usage(reply.usage.input_tokens, reply.usage.output_tokens),
+                          finish_reason=reply.stop_reason)
+
+    # Message Batches: one create request with every item (no upload, no metadata) -----------
+    def batch_upload(self, ref: str, requests: Sequence[BatchRequest]) -> str | None:
+        return None
+
+    def batch_create(self, ref: str, requests: Sequence[BatchRequest], upload: str | None) -> ProviderBatch:
+        items: list[Any] = [{"custom_id": r.custom_id, "params": self._params(r.request)} for r in requests]
+        with self._sdk_errors():
+            return _batch(self.client.messages.batches.create(requests=items))
+
+    def batch_find(self, ref: str, *, since: float, total: int, known: Set[str]) -> ProviderBatch | None:
+        """Message batches keep no metadata: ours is the oldest batch created since the intent
+        that is not already ours and holds as many requests (the lane submits one at a time)."""
+        found: list[ProviderBatch] = []
+        with self._sdk_errors():
+            for batch in self.client.messages.batches.list(limit=100):  # newest first
+                candidate = _batch(batch)
+                if candidate.created_at < since - CLOCK_SLACK_S:
+                    break
+                if candidate.id not in known and sum(candidate.counts.values()) == total:
+                    found.append(candidate)
+        return min(found, key=lambda b: b.created_at) if found else None
+
+    def batch_get(self, batch_id: str) -> ProviderBatch:
+        with self._sdk_errors():
+            return _batch(self.client.messages.batches.retrieve(batch_id))
+
+    def batch_cancel(self, batch_id: str) -> ProviderBatch:
+        with self._sdk_errors():
+            return _batch(self.client.messages.batches.cancel(batch_id))
+
+    def batch_results(self, batch: ProviderBatch) -> Iterator[BatchOutcome]:
+        with self._sdk_errors():
+            for item in self.client.messages.batches.results(batch.id):
+                yield self._outcome(item)
+
+    def _outcome(self, item: Any) -> BatchOutcome:
+        result = item.result
+        if result.type == "succeeded":
+            try:
+                return BatchOutcome(item.custom_id, generation=self._generation(result.message, ""))
+            except errors.AIIntegrationError as exc:
+                return BatchOutcome(item.custom_id, error=exc)
+        if result.type == "errored":
+            detail = result.error.error
+            status = ANTHROPIC_ERROR_STATUS.get(str(getattr(detail, "type", "")), 500)
+            message = str(getattr(detail, "message", "") or "the batch item failed")
+            return BatchOutcome(item.custom_id, error=error_for_status(status, message, provider=self.name))
+        return BatchOutcome(item.custom_id, unfinished=str(result.type))  # canceled | expired

@@ -7,7 +7,8 @@ ending in a `Generation`) and raises only the error tree of `aiintegration.error
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -224,3 +225,73 @@ def anthropic_rate_limits(headers: Mapping[str, str] | None, *, now: float | Non
         reset("anthropic-ratelimit-requests-reset"), _int(headers.get("anthropic-ratelimit-tokens-limit")),
         _int(headers.get("anthropic-ratelimit-tokens-remaining")), reset("anthropic-ratelimit-tokens-reset"))
     return None if info.empty else info
+# -- the batch lane's interface (OpenAI's Batch API, Anthropic's Message Batches) ------------
+
+@dataclass(frozen=True, slots=True)
+class BatchRequest:
+    """One task in a provider batch: `custom_id` is the task id."""
+
+    custom_id: str
+    request: GenerationRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderBatch:
+    """A provider's batch as the lane needs to know it."""
+
+    id: str
+    status: str  # the provider's own word (OpenAI status, Anthropic processing_status)
+    ended: bool  # no item will change any more: results can be read
+    created_at: float
+    counts: Mapping[str, int]
+    failure: str | None = None  # the batch as a whole was refused (OpenAI validation): why
+    files: tuple[str, ...] = ()  # OpenAI: the output and error files to read
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What became of one item: a generation, an error of our tree (the provider's message
+    kept), or `unfinished` ("expired", "canceled") when it was never answered."""
+
+    custom_id: str
+    generation: Generation | None = None
+    error: errors.AIIntegrationError | None = None
+    unfinished: str | None = None
+
+
+class BatchAPI(ABC):
+    """What an adapter with a batch API implements; every call maps SDK errors at the
+    adapter's `sdk_errors` boundary. A submission is two steps so the lane can record its
+    intent before each: `batch_upload` (OpenAI's input file; nothing billable) and
+    `batch_create`, tagged with our own batch id (`ref`) where the API keeps metadata."""
+
+    @abstractmethod
+    def batch_upload(self, ref: str, requests: Sequence[BatchRequest]) -> str | None:
+        """Upload what the batch needs before it is created; returns the upload's id (None: nothing to upload)."""
+
+    @abstractmethod
+    def batch_create(self, ref: str, requests: Sequence[BatchRequest], upload: str | None) -> ProviderBatch:
+        """Create the batch (the step the provider bills)."""
+
+    @abstractmethod
+    def batch_find(self, ref: str, *, since: float, total: int, known: Set[str]) -> ProviderBatch | None:
+        """After a crash: the batch `batch_create` made for `ref` if the provider has it —
+        created after `since`, not one of `known` (ids already ours), holding `total` requests."""
+
+    @abstractmethod
+    def batch_get(self, batch_id: str) -> ProviderBatch: ...
+
+    @abstractmethod
+    def batch_cancel(self, batch_id: str) -> ProviderBatch: ...
+
+    @abstractmethod
+    def batch_results(self, batch: ProviderBatch) -> Iterator[BatchOutcome]:
+        """Every answered item of an ended batch, in the provider's order."""
+
+
+# Anthropic's error types in a batch item → the HTTP status the same error has in realtime.
+ANTHROPIC_ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
+                          "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429,
+                          "api_error": 500, "overloaded_error": 529, "timeout_error": 504}
+# A reconciled batch may have been created this long before the intent was recorded (clock skew).
+CLOCK_SLACK_S = 300.0

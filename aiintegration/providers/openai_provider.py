@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Sequence, Set
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Final, Literal
 
 import openai
 
 from aiintegration import errors
 from aiintegration.domain.providers import ProviderConfig
 from aiintegration.providers.base import (
+    CLOCK_SLACK_S,
+    BatchAPI,
+    BatchOutcome,
+    BatchRequest,
     Generation,
     GenerationRequest,
     Provider,
+    ProviderBatch,
     ShouldStop,
     Usage,
     connection_failure,
@@ -22,6 +28,10 @@ from aiintegration.providers.base import (
     parse_retry_after,
     sdk_errors,
 )
+
+BATCH_ENDPOINT: Final[Literal["/v1/chat/completions"]] = "/v1/chat/completions"
+BATCH_ENDED = frozenset({"completed", "expired", "cancelled", "failed"})
+REF_KEY = "aii_lane_batch"  # our batch id in the provider batch's metadata: how a crash is reconciled
 
 
 def _translate(exc: Exception, provider: str) -> errors.AIIntegrationError:
@@ -73,7 +83,18 @@ def _usage(usage: dict[str, Any]) -> Usage:
                  cached_input_tokens=int(details.get("cached_tokens") or 0))
 
 
-class OpenAIProvider(Provider):
+def _batch(found: Any) -> ProviderBatch:
+    counts = found.request_counts.model_dump() if found.request_counts else {}
+    failure = None
+    if found.status == "failed":
+        problems = found.errors.data if found.errors and found.errors.data else []
+        failure = "; ".join(f"{p.code}: {p.message}" for p in problems) or "the batch failed validation"
+    files = tuple(f for f in (found.output_file_id, found.error_file_id) if f)
+    return ProviderBatch(found.id, found.status, found.status in BATCH_ENDED, float(found.created_at), counts,
+                         failure=failure, files=files)
+
+
+class OpenAIProvider(Provider, BatchAPI):
     kind = "openai"
     default_models = {"text_generation": "gpt-4o-mini", "chat_completion": "gpt-4o-mini",
                       "image_generation": "gpt-image-1"}
@@ -151,6 +172,94 @@ class OpenAIProvider(Provider):
     def check(self) -> None:
         with self._sdk_errors():
             self.client.with_options(timeout=10).models.list()
+
+    # the Batch API: a JSONL input file, then a batch over it ---------------------------------
+    def _body(self, request: GenerationRequest) -> dict[str, Any]:
+        return {"model": self.model_for(request), "messages": self._messages(request), "max_tokens": request.max_tokens}
+
+    def batch_upload(self, ref: str, requests: Sequence[BatchRequest]) -> str | None:
+        lines = [json.dumps({"custom_id": r.custom_id, "method": "POST", "url": BATCH_ENDPOINT,
+                             "body": self._body(r.request)}, separators=(",", ":"), ensure_ascii=False)
+                 for r in requests]
+        with self._sdk_errors():
+            uploaded = self.client.files.create(file=(f"aii-{ref}.jsonl", ("\n".join(lines) + "\n").encode()),
+                                                purpose="batch")
+        return uploaded.id
+
+    def batch_create(self, ref: str, requests: Sequence[BatchRequest], upload: str | None) -> ProviderBatch:
+        if upload is None:
+            raise errors.InvalidRequest("an OpenAI batch needs its uploaded input file", provider=self.name)
+        with self._sdk_errors():
+            return _batch(self.client.batches.create(input_file_id=upload, endpoint=BATCH_ENDPOINT,
+                                                     completion_window="24h", metadata={REF_KEY: ref}))
+
+    def batch_find(self, ref: str, *, since: float, total: int, known: Set[str]) -> ProviderBatch | None:
+        with self._sdk_errors():
+            for found in self.client.batches.list(limit=100):  # newest first; the SDK pages by itself
+                if found.created_at < since - CLOCK_SLACK_S:
+                    return None
+                if (found.metadata or {}).get(REF_KEY) == ref:
+                    return _batch(found)
+        return None
+
+    def batch_get(self, batch_id: str) -> ProviderBatch:
+        with self._sdk_errors():
+            return _batch(self.client.batches.retrieve(batch_id))
+
+    def batch_cancel(self, batch_id: str) -> ProviderBatch:
+        try:
+            with self._sdk_errors():
+                return _batch(self.client.batches.cancel(batch_id))
+        except errors.ProviderUnavailable:  # 409: it ended (or is ending) meanwhile
+            return self.batch_get(batch_id)
+
+    def batch_results(self, batch: ProviderBatch) -> Iterator[BatchOutcome]:
+        for file_id in batch.files:  # the output file, then the error file
+            with self._sdk_errors():
+                text = self.client.files.content(file_id).text
+            for line in text.splitlines():
+                if line.strip():
+                    yield self._outcome(line)
+
+    def _outcome(self, raw: str) -> BatchOutcome:
+        try:
+            line = json.loads(raw)
+            custom_id = str(line["custom_id"])
+        except (ValueError, KeyError, TypeError):
+            raise errors.ProviderUnavailable("the provider sent a malformed batch result", provider=self.name) from None
+        response, error = line.get("response"), line.get("error")
+        if not isinstance(response, dict):
+            detail = error if isinstance(error, dict) else {}
+            if detail.get("code") == "batch_expired":
+                return BatchOutcome(custom_id, unfinished="expired")
+            if detail.get("code") == "batch_cancelled":
+                return BatchOutcome(custom_id, unfinished="canceled")
+            message = str(detail.get("message") or "the batch item failed")
+            return BatchOutcome(custom_id, error=errors.ProviderUnavailable(message, provider=self.name))
+        status, body = int(response.get("status_code") or 0), response.get("body") or {}
+        if status != 200:
+            found = body.get("error") if isinstance(body, dict) else None
+            detail = found if isinstance(found, dict) else {}
+            code = detail.get("code") if isinstance(detail.get("code"), str) else None
+            message = str(detail.get("message") or f"the batch item failed with HTTP {status}")
+            return BatchOutcome(custom_id, error=error_for_status(status, message, provider=self.name, code=code))
+        try:
+            return BatchOutcome(custom_id, generation=self._answer(body))
+        except errors.AIIntegrationError as exc:
+            return BatchOutcome(custom_id, error=exc)
+
+    def _answer(self, body: Any) -> Generation:
+        """A chat.completion body from a batch's output file, read as `generate` reads one."""
+        try:
+            choice = body["choices"][0]
+            usage = body.get("usage") or {}
+            text, finish = choice["message"].get("content") or "", choice.get("finish_reason")
+            counted = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+            raise errors.ProviderUnavailable("the provider sent a malformed batch answer", provider=self.name) from None
+        if finish == "content_filter":
+            raise errors.ContentRejected("the provider filtered the answer", provider=self.name)
+        return Generation(self.name, str(body.get("model") or ""), text=str(text), usage=counted, finish_reason=finish)
 
 
 class OpenAICompatibleProvider(OpenAIProvider):

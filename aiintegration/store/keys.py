@@ -90,6 +90,35 @@ class Keys:
     def quota_clocks(self, provider: str, bucket: str) -> str:
         """Per tenant, the virtual time of its last place in the wait line (fair share)."""
         return f"{self.prefix}:quota:{{{provider}}}:{bucket}:clocks"
+    # the batch lane (store/batches.py)
+    def lane_waiting(self, group: str) -> str:
+        """Lane tasks waiting for a batch of one provider|model (sorted set: id → when admitted)."""
+        return f"{self.prefix}:lane:waiting:{group}"
+
+    @property
+    def lane_groups(self) -> str:
+        """The provider|model groups that may have waiting tasks (set)."""
+        return f"{self.prefix}:lane:groups"
+
+    def lane_batch(self, batch_id: str) -> str:
+        """One lane batch (hash, `LaneBatch`)."""
+        return f"{self.prefix}:lane:batch:{batch_id}"
+
+    @property
+    def lane_batches(self) -> str:
+        """Every lane batch kept, by creation time (sorted set): the operators' listing."""
+        return f"{self.prefix}:lane:batches"
+
+    @property
+    def lane_live(self) -> str:
+        """Lane batches not ended yet (sorted set by creation time): what collect and poll work on."""
+        return f"{self.prefix}:lane:live"
+
+    @property
+    def lane_provider_ids(self) -> str:
+        """The provider batch ids we recorded (sorted set by creation time): reconciling tells
+        ours apart from batches someone else made on the same account."""
+        return f"{self.prefix}:lane:provider_ids"
 
     # operations
     @property

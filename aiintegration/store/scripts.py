@@ -76,11 +76,14 @@ return {1, id}
 # KEYS: task, task stream, global stream
 # ARGV: prefix, now, now iso, worker_id, run_id, lease_s, max_processing_time, tmax, gmax, provider
 # Claims a queued task, a retrying task that is due, or a running task whose lease has
-# expired (its worker died). Returns {1, old status, hash...} or {0, current status}.
+# expired (its worker died). Returns {1, old status, hash...} or {0, current status}, or
+# {0, current status, 'lane'} for a task of the batch lane: a worker never runs those, it
+# hands them (back) to the lane.
 CLAIM = _EMIT + """
 local p, now = ARGV[1], tonumber(ARGV[2])
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {0, ''} end
+if redis.call('HGET', KEYS[1], 'lane') == 'batch' then return {0, st, 'lane'} end
 local ok, recovered = false, false
 if st == 'queued' then ok = true
 elseif st == 'retrying' then ok = (tonumber(redis.call('HGET', KEYS[1], 'retry_at')) or 0) <= now + 1

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import redis
 
+from aiintegration.domain.batching import LANE
 from aiintegration.domain.records import TaskRecord, dumps, encode_field, iso
 from aiintegration.domain.states import ALLOWED_FROM, FINAL, TERMINAL, TaskStatus
 from aiintegration.domain.submission import Submission
@@ -37,6 +38,7 @@ class Claim:
     claimed: bool
     status: str  # the status before the claim (or the current one when not claimed; '' if gone)
     record: TaskRecord | None = None
+    lane: bool = False  # not claimed: the task belongs to the batch lane
 
     @property
     def recovered(self) -> bool:
@@ -80,7 +82,8 @@ class TaskStore:
             options=sub.options, provider=sub.options.provider, created_at=now, updated_at=now, enqueued_at=now,
             idempotency_key=sub.idempotency_key, chat_session_id=sub.chat_session_id,
             chat_message_id=sub.chat_message_id, trace_context=sub.trace_context,
-            budget_cost=cost, budget_tokens=tokens, budget_day=day, budget_month=month)
+            budget_cost=cost, budget_tokens=tokens, budget_day=day, budget_month=month,
+            lane=LANE if sub.lane_group else None, lane_group=sub.lane_group)
         event = event_data("task.created", record.id, now, task_type=sub.task_type, priority=sub.priority,
                            requested_by=sub.requested_by, tenant=sub.tenant)
         idem = self.keys.idempotency(f"{sub.tenant}:{sub.idempotency_key}") if sub.idempotency_key else ""
@@ -104,7 +107,7 @@ class TaskStore:
             self.keys.prefix, now, iso(now) or "", worker_id, uuid.uuid4().hex, lease_s, max_processing_time,
             *self.maxlens, provider])
         if not out[0]:
-            return Claim(False, str(out[1]))
+            return Claim(False, str(out[1]), lane=len(out) > 2)
         flat = out[2:]
         return Claim(True, str(out[1]), TaskRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True))))
 
@@ -112,19 +115,22 @@ class TaskStore:
                    events: Sequence[Event] = (), fields: Mapping[str, Any] | None = None,
                    run_id: str | None = None, retry_at: float | None = None,
                    dlq_entry: Mapping[str, Any] | None = None, now: float | None = None,
-                   metrics: Sequence[Sample] = (), usage: str = "") -> tuple[bool, str]:
+                   metrics: Sequence[Sample] = (), usage: str = "",
+                   require: tuple[str, str] | None = None) -> tuple[bool, str]:
         """Move a task to `to` if its status is one the state table allows (`allowed_from`
-        may narrow it) and, with `run_id`, only if that attempt still owns it; `events`,
-        field changes, metrics and a DLQ entry go in the same atomic step. Returns (done,
-        status before; '' when the task does not exist). Final states start the retention
-        clock; queued stops it."""
+        may narrow it) and, with `run_id`, only if that attempt still owns it (`require`:
+        another (field, value) that must hold, e.g. the lane batch holding a queued task);
+        `events`, field changes, metrics and a DLQ entry go in the same atomic step. Returns
+        (done, status before; '' when the task does not exist). Final states start the
+        retention clock; queued stops it."""
         allowed = ALLOWED_FROM[to] if allowed_from is None else frozenset(allowed_from)
         if not allowed <= ALLOWED_FROM[to]:
             raise ValueError(f"{sorted(allowed - ALLOWED_FROM[to])} -> {to} is not in the state table")
         now = time.time() if now is None else now
         ttl = self.retention_s if to in FINAL else (-1 if to == S.QUEUED else 0)
+        field, value = ("run_id", run_id) if run_id else require or ("", "")
         argv: list[Any] = [
-            self.keys.prefix, ",".join(sorted(allowed)), str(to), "run_id" if run_id else "", run_id or "", now, ttl,
+            self.keys.prefix, ",".join(sorted(allowed)), str(to), field, value, now, ttl,
             len(events), encode_samples(metrics), *self.maxlens, "" if retry_at is None else retry_at,
             dumps(dict(dlq_entry)) if dlq_entry else "", "1" if to in TERMINAL else "", usage,
         ]

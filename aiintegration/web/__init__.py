@@ -15,7 +15,7 @@ from aiintegration.commands.context import Context
 from aiintegration.config import Settings, get_settings
 from aiintegration.domain.limits import MAX_BODY_BYTES
 from aiintegration.logs import configure
-from aiintegration.web import auth, chat, docs, errors, health, metrics, operations, tasks, usage
+from aiintegration.web import auth, batches, chat, docs, errors, health, metrics, operations, tasks, usage
 
 
 class ErrorDetail(Schema):
@@ -69,6 +69,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     api.register_blueprint(operations.blp)
     api.register_blueprint(chat.blp)
     api.register_blueprint(usage.blp)
+    api.register_blueprint(batches.blp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     docs.install(app)

@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 
 from aiintegration.commands.context import Context
 from aiintegration.commands.metrics import cluster_metrics
+from aiintegration.domain.batching import split_group
 from aiintegration.web.current import context
 
 bp = Blueprint("metrics", __name__)
@@ -26,6 +27,7 @@ HELP = {
     "aii_provider_call_seconds": "Provider call time of successful attempts",
     "aii_throttled_total": "Attempts not made: the provider's quota could not cover them yet",
     "aii_ratelimit_wait_seconds": "First throttled to admitted, per attempt that waited for quota",
+    "aii_batch_saved_cost_total": "Batch lane: the realtime price minus what its batches cost (AII_PRICES / built-in)",
 }
 
 
@@ -71,6 +73,15 @@ class ClusterCollector(Collector):
         for (tenant, window, kind), value in gauges.budget_spent.items():
             spent.add_metric([tenant, window, kind], value)
         yield spent
+        lane = GaugeMetricFamily("aii_batch_lane_depth", "Batch lane tasks waiting for a batch",
+                                 labels=["provider", "model"])
+        for group, n in gauges.lane_depth.items():
+            lane.add_metric(list(split_group(group)), n)
+        yield lane
+        flying = GaugeMetricFamily("aii_batches_in_flight", "Batch lane batches not ended yet", labels=["provider"])
+        for name, n in gauges.batches_in_flight.items():
+            flying.add_metric([name], n)
+        yield flying
 
 
 @bp.get("/metrics")

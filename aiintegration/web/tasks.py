@@ -31,6 +31,8 @@ class OptionsSchema(Schema):
     stream = fields.Boolean(allow_none=True)
     callback_url = fields.Url(schemes={"http", "https"}, require_tld=False, allow_none=True,
                               validate=validate.Length(max=limits.MAX_URL))
+    batch = fields.Boolean(allow_none=True, metadata={
+        "description": "the batch lane (half price, done within a day): true / false; unset lets AII_BATCH_POLICY decide"})
 
 
 if set(OptionsSchema().fields) != {f for f in TaskOptions.__dataclass_fields__}:  # pragma: no cover

@@ -110,6 +110,7 @@ def test_a_task_cannot_write_into_a_chat_session_through_its_metadata(web, hctx)
     ("POST", f"/v1/dlq/{UNKNOWN}/replay", {}), ("POST", f"/v1/dlq/{UNKNOWN}/review", {"note": "n"}),
     ("DELETE", f"/v1/dlq/{UNKNOWN}", None), ("PUT", "/v1/providers/local/config", {"timeout_s": 5}),
     ("POST", "/v1/providers/switch", {"from_provider": "local", "to_provider": "local", "reason": "r"}),
+    ("GET", "/v1/batches", None),
 ])
 def test_operator_routes_answer_a_client_403_and_write_nothing(web, hctx, method, path, body):
     before = snapshot(hctx)

@@ -62,7 +62,8 @@ def test_a_valid_submission_gets_its_defaults():
     sub = validate_submission(**OK)
     assert sub.priority == 5 and sub.metadata == {}
     assert sub.options.to_dict() == {"provider": None, "timeout_s": 300.0, "max_retries": 3,
-                                     "retry_on_timeout": True, "stream": False, "callback_url": None}
+                                     "retry_on_timeout": True, "stream": False, "callback_url": None,
+                                     "batch": None}
 
 
 @pytest.mark.parametrize("change,field", [
