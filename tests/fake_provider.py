@@ -6,6 +6,7 @@ completions with and without streaming, images, models, files and batches) and A
     server = FakeProvider().start()
     server.script(Fault(status=429, retry_after=2), Fault(status=500), "ok")   # next requests, in order
     server.default = Behaviour(fail_rate={500: 0.3})                              # afterwards
+    server.default = Behaviour(delay_s=1, delay_max_s=3)       # each answer after 1-3 s (uniform, seeded)
     base_url = server.base_url   # http://127.0.0.1:PORT/v1 (the anthropic SDK wants it without /v1)
 
 Account rate limits (tests/fake_limits.py), off unless set, changeable at run time:
@@ -93,6 +94,7 @@ class Fault:
 @dataclass
 class Behaviour:
     delay_s: float = 0.0
+    delay_max_s: float | None = None  # set: each answer waits a random time in [delay_s, delay_max_s]
     chunk_delay_s: float = 0.0
     fail_rate: dict[int, float] = field(default_factory=dict)
     words: int = 6
@@ -101,6 +103,12 @@ class Behaviour:
     hang_s: float = 10.0
     cached_tokens: int = 0  # a cached prompt prefix of this many tokens (see the module docstring)
     cache_creation_tokens: int = 0  # Anthropic: tokens written to the cache by this request
+
+    def delay(self, rng: random.Random) -> float:
+        """Seconds before this answer: `delay_s`, or uniform up to `delay_max_s` when set."""
+        if self.delay_max_s is None or self.delay_max_s <= self.delay_s:
+            return self.delay_s
+        return rng.uniform(self.delay_s, self.delay_max_s)
 
 
 def _words(behaviour: Behaviour) -> list[str]:
@@ -131,6 +139,14 @@ def anthropic_message(body: dict[str, Any], behaviour: Behaviour) -> dict[str, A
                       "cache_creation_input_tokens": behaviour.cache_creation_tokens}}
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5: a burst of connections from a busy worker pool
+    # overflowed it, and the kernel reset them ("Connection reset by peer"), a failure no
+    # real provider causes (bench/quota.py: 128 threads calling at once).
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 class FakeProvider:
     def __init__(self, *, seed: int = 1):
         self.default = Behaviour()
@@ -147,8 +163,7 @@ class FakeProvider:
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self.requests: list[dict[str, Any]] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), self._handler())
 
     @property
     def base_url(self) -> str:
@@ -181,6 +196,10 @@ class FakeProvider:
     def script(self, *behaviours: Any) -> None:
         with self._lock:
             self._script.extend(behaviours)
+
+    def call_delay(self) -> float:
+        with self._lock:
+            return self.default.delay(self._rng)
 
     def next_behaviour(self) -> Any:
         with self._lock:
@@ -345,7 +364,7 @@ class FakeProvider:
 
             def _fault(self) -> bool:
                 behaviour = fake.next_behaviour()
-                time.sleep(fake.default.delay_s)
+                time.sleep(fake.call_delay())
                 if not isinstance(behaviour, Fault):
                     return False
                 time.sleep(behaviour.delay_s)
@@ -435,6 +454,7 @@ class FakeProvider:
 if __name__ == "__main__":  # a standalone server for benchmarks and manual runs: prints its base URL
     parser = argparse.ArgumentParser(description="fake OpenAI-compatible provider on 127.0.0.1")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--delay-max", type=float, help="each answer waits a random time from --delay to this")
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed chunks")
     parser.add_argument("--words", type=int, default=6, help="words per answer")
     parser.add_argument("--stamp-words", action="store_true", help="each streamed word is its send time")
@@ -442,8 +462,8 @@ if __name__ == "__main__":  # a standalone server for benchmarks and manual runs
     parser.add_argument("--tpm", type=int, help="account limit: tokens per minute")
     args = parser.parse_args()
     server = FakeProvider().start()
-    server.default = Behaviour(delay_s=args.delay, chunk_delay_s=args.chunk_delay, words=args.words,
-                               stamp_words=args.stamp_words)
+    server.default = Behaviour(delay_s=args.delay, delay_max_s=args.delay_max, chunk_delay_s=args.chunk_delay,
+                               words=args.words, stamp_words=args.stamp_words)
     if args.rpm or args.tpm:
         server.limits = AccountLimits(rpm=args.rpm, tpm=args.tpm)
     print(server.base_url, flush=True)
