@@ -178,9 +178,14 @@ def _attempt(ctx: Context, record: TaskRecord, provider: Provider, request: Gene
              ticket: quotas.Ticket | None) -> str:
     """The provider call of one claimed attempt and what its outcome makes of the task."""
     task_id, run_id = record.id, attempt.run_id
-    started = time.monotonic()
+    started, sent_at = time.monotonic(), [time.time()]
+
+    def call(a: Attempt) -> Generation:
+        sent_at[0] = time.time()  # what the quota counts from: the request leaves now
+        return _call(provider, request, a, on_delta)
+
     with provider_span(provider, request) as span:
-        outcome = ctx.runner.run(attempt, lambda a: _call(provider, request, a, on_delta))
+        outcome = ctx.runner.run(attempt, call)
         if outcome.value is not None:
             record_generation(span, outcome.value)
         elif outcome.stopped or outcome.error is not None:
@@ -189,7 +194,7 @@ def _attempt(ctx: Context, record: TaskRecord, provider: Provider, request: Gene
             record_failure(span, kind)
             report.error = kind
     if ticket is not None:
-        quotas.settle(ctx, ticket, outcome.value, outcome.error)
+        quotas.settle(ctx, ticket, outcome.value, outcome.error, sent_at=sent_at[0])
     if chat and (outcome.stopped or outcome.error is not None):
         chat.incomplete(outcome.stopped or type(outcome.error).__name__)
     if outcome.stopped == "timed_out":

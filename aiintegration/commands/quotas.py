@@ -34,6 +34,7 @@ class Ticket:
     reservation: str
     estimate: int
     prompt_estimate: int
+    own: tuple[int | None, int | None] = (None, None)  # our reservations when admitted (store/quotas.py LEARN)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ def _ask(ctx: Context, record: TaskRecord, provider: Provider, request: Generati
                                  priority=record.priority, tenant=record.tenant,
                                  weight=ctx.settings.tenant_weights.get(record.tenant, 1.0), tokens=estimate)
     if admission.admitted:
-        return Ticket(provider.name, bucket, limits, reservation, estimate, prompt)
+        return Ticket(provider.name, bucket, limits, reservation, estimate, prompt,
+                      own=(admission.own_requests, admission.own_tokens))
     return Refusal(provider.name, admission)
 
 
@@ -102,22 +104,25 @@ def give_back(ctx: Context, ticket: Ticket) -> None:
     ctx.quotas.give_back(ticket.provider, ticket.bucket, ticket.reservation)
 
 
-def settle(ctx: Context, ticket: Ticket, generation: Generation | None, error: BaseException | None) -> None:
-    """The reservation becomes the real usage (the prompt estimate when the call failed; nothing
-    for a 429, which the provider did not count), what the provider said is learned, and a
-    429 pauses the bucket for everyone until its Retry-After."""
+def settle(ctx: Context, ticket: Ticket, generation: Generation | None, error: BaseException | None, *,
+           sent_at: float) -> None:
+    """The reservation becomes the real usage counted from when the request was sent (the
+    prompt estimate when the call failed; nothing for a 429, which the provider did not count),
+    what the provider said is learned, and a 429 pauses the bucket for everyone until its
+    Retry-After."""
     try:
         if generation is not None:
             usage = generation.usage
             ctx.quotas.settle(ticket.provider, ticket.bucket, ticket.reservation,
-                              usage.input_tokens + usage.output_tokens)
+                              usage.input_tokens + usage.output_tokens, sent_at=sent_at)
         elif isinstance(error, RateLimited):
             ctx.quotas.give_back(ticket.provider, ticket.bucket, ticket.reservation)
         else:
-            ctx.quotas.settle(ticket.provider, ticket.bucket, ticket.reservation, ticket.prompt_estimate)
+            ctx.quotas.settle(ticket.provider, ticket.bucket, ticket.reservation, ticket.prompt_estimate,
+                              sent_at=sent_at)
         info = generation.rate_limits if generation is not None else None
         pause = (error.retry_after or DEFAULT_PAUSE_S) if isinstance(error, RateLimited) else None
         if info is not None or pause is not None:
-            ctx.quotas.learn(ticket.provider, ticket.bucket, ticket.limits, info, pause_s=pause)
+            ctx.quotas.learn(ticket.provider, ticket.bucket, ticket.limits, info, pause_s=pause, own=ticket.own)
     except Exception:  # noqa: BLE001 - quota bookkeeping must not fail a finished attempt
         log.warning("could not settle a quota reservation", exc_info=True)

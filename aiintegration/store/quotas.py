@@ -12,8 +12,12 @@ decides who gets capacity when there is not enough for everyone.
   another's trickle alternate. A caller is admitted only when the capacity left covers it and
   everyone ranked ahead of it, so a priority-9 task that arrives behind a throttled backlog
   gets the next slot. A waiter that does not come back in time loses its place.
-- The provider's headers move the bucket (learned limits when none are configured, its
-  remaining counts as a floor), and a 429 pauses the bucket for everyone until its reset.
+- The provider's headers move the bucket (learned limits when none are configured), and a
+  429 pauses the bucket for everyone until its reset. When the provider has counted more than
+  our own reservations (another client on the account, calls made before a limit was known,
+  a provider that counts estimates where we settle to real usage), the difference is held as
+  one entry per dimension until the provider's reset — replaced by each answer, compared with
+  what we had reserved when that request was admitted, so answers that overlap never stack.
 
 All of it is a few Lua scripts: the `limits` and `pyrate-limiter` libraries count hits in a
 window (with weights) but cannot settle a reservation afterwards, hold a ranked wait line,
@@ -75,7 +79,9 @@ end
 # KEYS: bucket, log, amounts, waiting, needs, tenant clocks
 # ARGV: now, window, reservation id, waiter id, priority (0-9), tenant, weight, tokens, rpm, tpm,
 #       waiter grace s, scan limit
-# Returns {1, requests left, tokens left} when admitted (-1: unlimited), or {0, wait s, reason}.
+# Returns {1, requests left, tokens left, own requests, own tokens} when admitted (-1: unlimited;
+# own: what our reservations hold, this one included, without the provider's hold), or
+# {0, wait s, reason}.
 ADMIT = _EXPIRE + """
 local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local rid, wid, prio, tenant, weight = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
@@ -126,7 +132,11 @@ if now >= paused and fits_req and fits_tok then
   redis.call('HDEL', KEYS[5], wid)
   if vt > tonumber(redis.call('HGET', KEYS[1], 'vnow') or '0') then redis.call('HSET', KEYS[1], 'vnow', vt) end
   for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, 86400) end
-  return {1, rpm > 0 and tostring(rpm - used_req - 1) or '-1', tpm > 0 and tostring(tpm - used_tok - est) or '-1'}
+  local held = redis.call('HMGET', KEYS[3], 'provider:req', 'provider:tok')
+  local own_req = used_req + 1 - tonumber(string.match(held[1] or '0 0', '^(%S+)'))
+  local own_tok = used_tok + est - tonumber(string.match(held[2] or '0 0', ' (%S+)$'))
+  return {1, rpm > 0 and tostring(rpm - used_req - 1) or '-1', tpm > 0 and tostring(tpm - used_tok - est) or '-1',
+          tostring(own_req), tostring(own_tok)}
 end
 local wait, reason = 0, 'paused'
 if now < paused then wait = paused - now end
@@ -147,8 +157,10 @@ return {0, tostring(wait), reason}
 """
 
 # KEYS: bucket, amounts, log. ARGV: reservation id, real tokens (-1: give the reservation back
-# whole), now. A settled reservation counts from when the call ended: the provider counted it
-# when it arrived, which was after we admitted it — never later than this.
+# whole), when the request was sent. A settled reservation counts from when the request was
+# sent: the provider counted it when it arrived, a moment later (the window's margin covers
+# that moment). Counting from the call's end instead would hold every slot for the window plus
+# the call's length (17 % of the capacity with 1-3 s calls in a 10 s window: bench/quota.py).
 SETTLE = """
 local a = redis.call('HGET', KEYS[2], ARGV[1])
 if not a then return 0 end
@@ -161,16 +173,20 @@ if real < 0 then
 else
   redis.call('HINCRBYFLOAT', KEYS[1], 'used_tokens', real - tonumber(t))
   redis.call('HSET', KEYS[2], ARGV[1], r .. ' ' .. real)
-  redis.call('ZADD', KEYS[3], 'XX', ARGV[3], ARGV[1])
+  if ARGV[3] ~= '' then redis.call('ZADD', KEYS[3], 'XX', ARGV[3], ARGV[1]) end
 end
 return 1
 """
 
 # KEYS: bucket, log, amounts. ARGV: now, window, rpm, tpm (configured; 0 = learn), limit req,
-# remaining req, reset req s, limit tok, remaining tok, reset tok s, pause s ('' = unknown)
-# What the provider said: learned limits (used where none is configured), its remaining counts
-# as a floor (another client on the same account used the rest: held until its reset), and a
-# pause (a 429's Retry-After) for everyone.
+# remaining req, reset req s, limit tok, remaining tok, reset tok s, pause s, own req, own tok
+# ('' = unknown). What the provider said: learned limits (used where none is configured), a
+# pause (a 429's Retry-After) for everyone, and what it counted beyond our own reservations:
+# `limit - remaining - own`, where own is what we had reserved when this request was admitted
+# (the moment the provider's `remaining` describes), held as ONE entry per dimension until the
+# provider's reset. Each answer replaces the entry rather than adding to it: overlapping answers
+# measure the same difference. Unknown own (admitted before a limit was known): our reservations
+# now.
 LEARN = _EXPIRE + """
 local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local function num(i) if ARGV[i] == '' then return nil end return tonumber(ARGV[i]) end
@@ -178,20 +194,26 @@ if num(5) then redis.call('HSET', KEYS[1], 'learned_rpm', num(5)) end
 if num(8) then redis.call('HSET', KEYS[1], 'learned_tpm', num(8)) end
 local rpm, tpm = limits(KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
 expire_old(KEYS[1], KEYS[2], KEYS[3], now, window)
-local used_req = tonumber(redis.call('HGET', KEYS[1], 'used_requests') or '0')
-local used_tok = tonumber(redis.call('HGET', KEYS[1], 'used_tokens') or '0')
-local function hold(dim, limit, used, remaining, reset)
+local function hold(dim, limit, remaining, reset, own)
   if not remaining or not reset or limit <= 0 then return end
-  local extra = (limit - used) - remaining
-  if extra <= 0 then return end
-  local id = 'provider:' .. dim .. ':' .. now
-  local amount = dim == 'req' and (extra .. ' 0') or ('0 ' .. extra)
+  local id, field = 'provider:' .. dim, dim == 'req' and 'used_requests' or 'used_tokens'
+  local old = redis.call('HGET', KEYS[3], id)
+  local held = 0
+  if old then held = tonumber(string.match(old, dim == 'req' and '^(%S+)' or ' (%S+)$')) end
+  if not own then own = tonumber(redis.call('HGET', KEYS[1], field) or '0') - held end
+  local extra = limit - remaining - own
+  if extra <= 0 and not old then return end
+  redis.call('HINCRBYFLOAT', KEYS[1], field, math.max(extra, 0) - held)
+  if extra <= 0 then
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('HDEL', KEYS[3], id)
+    return
+  end
   redis.call('ZADD', KEYS[2], now - window + math.min(reset, window), id)
-  redis.call('HSET', KEYS[3], id, amount)
-  redis.call('HINCRBYFLOAT', KEYS[1], dim == 'req' and 'used_requests' or 'used_tokens', extra)
+  redis.call('HSET', KEYS[3], id, dim == 'req' and (extra .. ' 0') or ('0 ' .. extra))
 end
-hold('req', rpm, used_req, num(6), num(7))
-hold('tok', tpm, used_tok, num(9), num(10))
+hold('req', rpm, num(6), num(7), num(12))
+hold('tok', tpm, num(9), num(10), num(13))
 if num(11) then
   local until_ = now + num(11)
   if until_ > tonumber(redis.call('HGET', KEYS[1], 'paused_until') or '0') then
@@ -224,6 +246,8 @@ class Admission:
     reason: str = ""  # "requests" | "tokens" | "paused", "_queued" when others wait ahead
     requests_left: int = -1  # -1: not limited
     tokens_left: int = -1
+    own_requests: int | None = None  # our reservations at admission, this one included (learn() with them)
+    own_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -264,21 +288,26 @@ class QuotaStore:
         out = self._admit(keys=keys, args=[now, self.window_s, reservation, waiter, priority, tenant, weight, tokens,
                                            limits.rpm, limits.tpm, self.waiter_grace_s, self.scan_limit])
         if int(out[0]) == 1:
-            return Admission(True, reservation, requests_left=int(float(out[1])), tokens_left=int(float(out[2])))
+            own = (round(float(out[3])), round(float(out[4]))) if len(out) > 3 else (None, None)
+            return Admission(True, reservation, requests_left=int(float(out[1])), tokens_left=int(float(out[2])),
+                             own_requests=own[0], own_tokens=own[1])
         return Admission(False, reservation, wait_s=float(out[1]), reason=str(out[2]))
 
-    def settle(self, provider: str, bucket: str, reservation: str, tokens: int) -> None:
-        """The call is over: its reservation becomes what it really used."""
+    def settle(self, provider: str, bucket: str, reservation: str, tokens: int, *, sent_at: float) -> None:
+        """The call is over: its reservation becomes what it really used, counted from `sent_at`."""
         self._settle(keys=[self.keys.quota(provider, bucket), self.keys.quota_amounts(provider, bucket),
-                           self.keys.quota_log(provider, bucket)], args=[reservation, max(0, tokens), time.time()])
+                           self.keys.quota_log(provider, bucket)], args=[reservation, max(0, tokens), sent_at])
 
     def give_back(self, provider: str, bucket: str, reservation: str) -> None:
         """No call was made (the attempt was not claimed after all): the reservation is returned."""
         self._settle(keys=[self.keys.quota(provider, bucket), self.keys.quota_amounts(provider, bucket),
-                           self.keys.quota_log(provider, bucket)], args=[reservation, -1, time.time()])
+                           self.keys.quota_log(provider, bucket)], args=[reservation, -1, ""])
 
     def learn(self, provider: str, bucket: str, limits: RateLimits, info: RateLimitInfo | None = None, *,
-              pause_s: float | None = None, now: float | None = None) -> None:
+              pause_s: float | None = None, own: tuple[int | None, int | None] = (None, None),
+              now: float | None = None) -> None:
+        """What an answer said: limits, a pause, and the provider's count beyond ours (`own`: our
+        reservations when that request was admitted, from its Admission)."""
         now = time.time() if now is None else now
         i = info or RateLimitInfo()
 
@@ -288,7 +317,7 @@ class QuotaStore:
         self._learn(keys=self._bucket_keys(provider, bucket), args=[
             now, self.window_s, limits.rpm, limits.tpm, arg(i.limit_requests), arg(i.remaining_requests),
             arg(i.reset_requests_s), arg(i.limit_tokens), arg(i.remaining_tokens), arg(i.reset_tokens_s),
-            arg(pause_s)])
+            arg(pause_s), arg(own[0]), arg(own[1])])
 
     def state(self, provider: str, bucket: str, limits: RateLimits, *, now: float | None = None) -> BucketState:
         now = time.time() if now is None else now
