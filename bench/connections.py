@@ -141,8 +141,8 @@ def main() -> None:
         celery = [sys.executable, "-m", "celery", "-A", "aiintegration.celery_app"]
         procs = {
             "web": spawn(gunicorn(port, args.web_workers, tmp), env, tmp / "web.log"),
-            "worker": spawn([*celery, "worker", "-P", "threads", "-c", str(args.concurrency), "-E", "-l", "INFO",
-                             "-n", "conn@%h"], env, tmp / "worker.log"),
+            "worker": spawn([*celery, "worker", "-P", "threads", "-c", str(args.concurrency), "-Q", "celery,webhooks",
+                             "-E", "-l", "INFO", "-n", "conn@%h"], env, tmp / "worker.log"),
             "beat": spawn([*celery, "beat", "-l", "INFO", "-s", str(tmp / "beat-schedule")], env, tmp / "beat.log"),
             "flower": spawn([*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1",
                              "--basic-auth=admin:bench"], env, tmp / "flower.log"),

@@ -16,8 +16,8 @@ same number of worker processes per side, same pool and concurrency.
 The raw and system workers both run celeryconfig (our kombu transport included); the
 in-process clients too, the plain clients not. Each round of a path is paired with a round
 of the raw path called the same way (system with raw, by-name with raw-by-name), the raw
-one first in even rounds and last in odd ones, and the figure is the **median of the per-pair ratios** with min–max, so one noisy
-round neither makes nor breaks it. Around every round the script diffs `INFO commandstats`
+one first in even rounds and last in odd ones, and the figure is the **median of the
+per-pair ratios** with min–max, so one noisy round neither makes nor breaks it. Around every round the script diffs `INFO commandstats`
 (commands per task, every command the server ran, those inside Lua scripts included) and the
 CPU of Valkey, the workers and the clients. Then, outside the timed rounds: one MONITOR round
 per path (round trips sent by clients vs commands run inside each Lua script), and a probe of
@@ -42,6 +42,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -135,7 +137,7 @@ class Round:
 
 
 class Stack:
-    """N worker processes per side on one Valkey, and the three ways to give them work."""
+    """N worker processes per side on one Valkey, and the four ways to give them work."""
 
     def __init__(self, tmp: Path, valkey: Any, workers: int, concurrency: int):
         from aiintegration.celery_app import CeleryPublisher
@@ -146,7 +148,7 @@ class Stack:
         base = f"redis://127.0.0.1:{valkey.port}"
         self.urls = {"raw": f"{base}/{RAW_DB}", "system": f"{base}/{SYSTEM_DB}"}
         self.valkey_pid = valkey.proc.pid
-        self.admin = __import__("redis").Redis(port=valkey.port)
+        self.admin = redis.Redis(port=valkey.port)
         self.procs: dict[str, list[subprocess.Popen[bytes]]] = {"raw": [], "system": []}
         for side, app in (("raw", "bench.rawapp"), ("system", "aiintegration.celery_app")):
             for i in range(workers):
@@ -198,6 +200,7 @@ class Stack:
         from aiintegration.commands.create import create_generation_task
 
         before = self.ctx.tasks.count("succeeded")
+        self.polls += 1
         for i in range(n):
             create_generation_task(self.ctx, task_type="text_generation", request_content={"prompt": f"bench {i}"},
                                    requested_by="bench")
@@ -205,6 +208,7 @@ class Stack:
 
     def _by_name(self, n: int) -> None:
         before = self.ctx.tasks.count("succeeded")
+        self.polls += 1
         self._plain("by-name", n)
         self._wait_succeeded(before + n)
 
