@@ -161,3 +161,60 @@ def answer_failure(data: dict[str, Any]) -> AIIntegrationError:
         "message_id": data.get("message_id"), "task_id": data.get("task_id"), "attempt": data.get("attempt")})
     exc.code = cls.code if cls is not AIIntegrationError else reason
     return exc
+
+
+class Answer:
+    """One chat answer as its session feed tells it, with no I/O (the blocking and the async
+    replies feed it the same items): `take(item)` returns a delta's text, or None when the item
+    is not this answer's or ends it (`completed` is then set); raises when it ended otherwise."""
+
+    def __init__(self, message_id: str, task_id: str) -> None:
+        self.message_id, self.task_id = message_id, task_id
+        self.text = ""
+        self.completed: dict[str, Any] | None = None
+        self.last_event_id: str | None = None  # of `chat.response.completed`: the session reads on from here
+
+    def take(self, item: Any) -> str | None:
+        data = item["data"] if isinstance(item["data"], dict) else {}
+        if item["event"] == "chat.session_closed":
+            raise Conflict("the chat session was closed before the answer completed",
+                           details={"message_id": self.message_id, "task_id": self.task_id})
+        if data.get("message_id") != self.message_id:
+            return None
+        if item["event"] == "chat.response.delta":
+            self.text += data["text"]
+            return str(data["text"])
+        if item["event"] == "chat.response.completed":
+            self.completed, self.text = data, data.get("text") or self.text
+            self.last_event_id = item["id"]
+        elif item["event"] == "chat.response.incomplete":
+            raise answer_failure(data)
+        return None
+
+    def failed(self, record: Record) -> AIIntegrationError | None:
+        """On a heartbeat, the answer task's record: its error if it finished without succeeding."""
+        if record["status"] in FINISHED and record["status"] != "succeeded":
+            return task_failure(record)
+        return None
+
+
+class AnswerView:
+    """A reply's view of its `Answer`: `text` so far, `completed` (the final event's data)."""
+
+    answer: Answer
+
+    @property
+    def message_id(self) -> str:
+        return self.answer.message_id
+
+    @property
+    def task_id(self) -> str:
+        return self.answer.task_id
+
+    @property
+    def text(self) -> str:
+        return self.answer.text
+
+    @property
+    def completed(self) -> dict[str, Any] | None:
+        return self.answer.completed

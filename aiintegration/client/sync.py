@@ -16,19 +16,19 @@ from aiintegration.client.protocol import (
     FINISHED,
     SESSION_ENDS,
     TASK_ENDS,
+    Answer,
+    AnswerView,
     Record,
     RetryPolicy,
     Settle,
-    answer_failure,
     error_from_answer,
     outcome,
     retry_on,
     submission,
-    task_failure,
     unreachable,
 )
 from aiintegration.client.sse import Cursor, Decoder, Event
-from aiintegration.errors import AIIntegrationError, Conflict, ServiceUnavailable, WaitTimedOut
+from aiintegration.errors import AIIntegrationError, ServiceUnavailable, WaitTimedOut
 
 T = TypeVar("T")
 # Failures before the request left: safe to repeat any call. The rest may have reached the server.
@@ -218,46 +218,33 @@ class Client:
             time.sleep(cursor.disconnected(cause, decoder.retry_ms))
 
 
-class ChatReply(Iterator[str]):
+class ChatReply(AnswerView, Iterator[str]):
     """The answer to one chat message, as it streams: iterate for its text deltas. Afterwards
     `text` is the whole answer and `completed` the `chat.response.completed` event's data."""
 
     def __init__(self, session: ChatSession, message_id: str, task_id: str, deadline: float) -> None:
-        self.message_id, self.task_id = message_id, task_id
-        self.text = ""
-        self.completed: dict[str, Any] | None = None
+        self.answer = Answer(message_id, task_id)
         self._deltas = self._stream(session, deadline)
 
     def __next__(self) -> str:
         return next(self._deltas)
 
     def _stream(self, session: ChatSession, deadline: float) -> Iterator[str]:
-        client = session.client
+        client, answer = session.client, self.answer
         feed = client._follow(f"/v1/chat/sessions/{session.id}/events", ends=SESSION_ENDS,
                               last_id=session.last_event_id, deadline=deadline,
-                              what=f"the answer to message {self.message_id}")
+                              what=f"the answer to message {answer.message_id}")
         with closing(feed):  # the feed's connection goes as soon as the answer is over
             for item in feed:
                 if isinstance(item, str):  # a heartbeat: is the task still alive? (it may fail before any delta)
-                    record = client.get(self.task_id)
-                    if record["status"] in FINISHED and record["status"] != "succeeded":
-                        raise task_failure(record)
+                    if error := answer.failed(client.get(answer.task_id)):
+                        raise error
                     continue
-                data = item["data"] if isinstance(item["data"], dict) else {}
-                if item["event"] == "chat.session_closed":
-                    raise Conflict("the chat session was closed before the answer completed",
-                                   details={"message_id": self.message_id, "task_id": self.task_id})
-                if data.get("message_id") != self.message_id:
-                    continue
-                if item["event"] == "chat.response.delta":
-                    self.text += data["text"]
-                    yield data["text"]
-                elif item["event"] == "chat.response.completed":
-                    self.completed, self.text = data, data.get("text") or self.text
-                    session.last_event_id = item["id"]
+                if (delta := answer.take(item)) is not None:
+                    yield delta
+                elif answer.completed is not None:
+                    session.last_event_id = answer.last_event_id
                     return
-                elif item["event"] == "chat.response.incomplete":
-                    raise answer_failure(data)
 
 
 class ChatSession:
