@@ -50,6 +50,16 @@ def _estimate(request: GenerationRequest) -> tuple[int, int]:
     return prompt + request.max_tokens, prompt
 
 
+def unmetered(ctx: Context, provider: Provider) -> Ticket | None:
+    """A ticket that reserves nothing when no attempt on `provider` has a limit to respect
+    (none configured for it or its models, none learned, no pause), so the attempt need not
+    ask; None when it must."""
+    limits = provider.config.rate_limits
+    if limits.models or not ctx.quotas.unlimited(provider.name, "*", limits.default):
+        return None
+    return Ticket(provider.name, "*", limits.default, "", 0, 0)
+
+
 def _ask(ctx: Context, record: TaskRecord, provider: Provider, request: GenerationRequest) -> Ticket | Refusal:
     bucket, limits = provider.config.rate_limits.bucket(provider.model_for(request))
     estimate, prompt = _estimate(request)
@@ -98,7 +108,7 @@ def throttle(ctx: Context, record: TaskRecord, refusal: Refusal) -> str:
                                     reason=refusal.admission.reason.removesuffix("_queued"))],
                    first={"throttled_at": now}, now=now)
     ctx.enqueue(record.id, record.priority, max(0.05, min(wait, ctx.settings.quota_max_countdown_s)),
-                attempt=record.attempts + 1)
+                attempt=record.attempts + 1, route=record.route)
     return "throttled"
 
 

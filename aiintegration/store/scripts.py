@@ -77,7 +77,10 @@ return {1, id}
 """
 
 # KEYS: task, task stream, global stream
-# ARGV: prefix, now, now iso, worker_id, run_id, lease_s, max_processing_time, tmax, gmax, provider
+# ARGV: prefix, now, now iso, worker_id, run_id, lease_s, max_processing_time, tmax, gmax, provider,
+#       route task type, route pinned provider ('' = none): with a task type, the provider was
+#       chosen from the message's route without reading the record, and the claim is refused
+#       ({0, status, 'route'}) unless the record has that task type and pinned provider.
 # Claims a queued task, a retrying task that is due, or a running task whose lease has
 # expired (its worker died). Returns {1, old status, hash...} (the record as claimed) or
 # {0, current status}, or {0, current status, 'lane'} for a task of the batch lane: a worker
@@ -99,6 +102,12 @@ elseif st == 'running' then
 end
 if not ok then return {0, st} end
 local ttype = h['task_type'] or ''
+if ARGV[11] ~= '' then
+  local decoded, options = pcall(cjson.decode, h['options'] or '{}')
+  local pinned = decoded and type(options) == 'table' and options['provider'] or ''
+  if type(pinned) ~= 'string' then pinned = '' end
+  if ttype ~= ARGV[11] or pinned ~= ARGV[12] then return {0, st, 'route'} end
+end
 local id = h['id']
 local attempt = (tonumber(h['attempts']) or 0) + 1
 local since = tonumber(h['enqueued_at']) or now

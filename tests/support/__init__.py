@@ -17,6 +17,7 @@ from aiintegration.celery_app import CeleryPublisher
 from aiintegration.commands.context import Context
 from aiintegration.config import Settings
 from aiintegration.domain.records import TaskRecord
+from aiintegration.domain.routing import Route
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,7 +57,7 @@ class RecordingPublisher:
         self.dispatched: list[tuple[str, dict[str, Any]]] = []
 
     def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None, *,
-                             attempt: int = 1) -> None:
+                             attempt: int = 1, route: Route | None = None) -> None:
         if self.fail:
             raise ConnectionError("broker down")
         self.task_ids.append(task_id)
