@@ -39,6 +39,8 @@ def create_generation_task(self: Task[Any, Any], /, task_type: str, request_cont
     if task_id == record_id:  # ours (not another task an idempotency key named): run its first attempt here
         if self.request.id and not self.request.ignore_result:
             self.backend.store_result(self.request.id, reply, states.SUCCESS)
+            # Stored: Celery's own store after the return would only read it back and keep it.
+            self.request.ignore_result = True
         process(ctx, task_id, worker_id=current_worker_id(self), max_processing_time=ctx.settings.max_task_timeout_s,
                 message_id=f"{task_id}.1", route=Route(task_type, (options or {}).get("provider")))
     return reply
