@@ -92,7 +92,8 @@ class TaskStore:
         argv: list[Any] = [self.keys.prefix, record.id, now, self.idempotency_ttl_s, sub.requested_by, event,
                            *self.maxlens, sub.tenant, sub.fingerprint()]
         for k, v in record.to_hash().items():
-            argv += [k, v]
+            if v != "":  # unset: absent (NOTE's "first" fields are set only where the record has none)
+                argv += [k, v]
         outcome, tid = self._create(keys=[*self._script_keys(record.id), idem], args=argv)
         if outcome == 2:
             raise IdempotencyKeyReused("this Idempotency-Key was already used for a different request",
