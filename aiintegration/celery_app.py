@@ -16,6 +16,7 @@ from aiintegration import telemetry
 from aiintegration.commands.context import get_context, use_publisher
 from aiintegration.commands.liveness import worker_started
 from aiintegration.config import get_settings
+from aiintegration.domain.routing import Route
 from aiintegration.domain.states import to_broker_priority
 from aiintegration.logs import configure
 
@@ -42,10 +43,13 @@ class CeleryPublisher:
         self.app = app
 
     def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None, *,
-                             attempt: int = 1) -> None:
+                             attempt: int = 1, route: Route | None = None) -> None:
         # The message id names the record and the attempt (`<task id>.<attempt>`): what Flower
         # lists, and what the worker's log line for that attempt carries, lead to the record.
-        self.app.send_task("aiintegration.process_task", kwargs={"task_id": task_id}, **_SEND_OPTIONS,
+        kwargs: dict[str, Any] = {"task_id": task_id}
+        if route is not None:
+            kwargs.update(task_type=route.task_type, pinned_provider=route.pinned)
+        self.app.send_task("aiintegration.process_task", kwargs=kwargs, **_SEND_OPTIONS,
                            task_id=f"{task_id}.{attempt}", priority=to_broker_priority(priority),
                            countdown=countdown or None)
 

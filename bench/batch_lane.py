@@ -50,7 +50,7 @@ class Publisher:
         self.enqueued: list[str] = []
         self.wake = threading.Event()
 
-    def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None) -> None:
+    def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None, **_: Any) -> None:
         self.enqueued.append(task_id)
 
     def dispatch(self, name: str, kwargs: dict[str, Any]) -> None:

@@ -226,7 +226,7 @@ def _send_back(ctx: Context, batch: LaneBatch, record: TaskRecord, why: str) -> 
     if not done:
         return _since(before)
     if realtime:
-        ctx.enqueue(record.id, record.priority)
+        ctx.enqueue(record.id, record.priority, route=record.route)
     else:
         return_to_lane(ctx, record.id)
     return "requeued"

@@ -107,7 +107,7 @@ def release_to_realtime(ctx: Context, record: TaskRecord) -> None:
     """A queued lane task runs in realtime after all (its provider lost its batch API, or
     refused the batch whole)."""
     ctx.tasks.set_fields(record.id, lane="", lane_group="", batch_ref="")
-    ctx.enqueue(record.id, record.priority)
+    ctx.enqueue(record.id, record.priority, route=record.route)
 
 
 # -- beat runs, one at a time ------------------------------------------------------------------

@@ -19,6 +19,7 @@ from aiintegration.commands.routing import Router
 from aiintegration.commands.runner import AttemptRunner
 from aiintegration.config import Settings, get_settings
 from aiintegration.domain.providers import default_configs
+from aiintegration.domain.routing import Route
 from aiintegration.store.batches import BatchStore
 from aiintegration.store.breakers import Breakers
 from aiintegration.store.broker_queue import BrokerQueue
@@ -51,9 +52,9 @@ class Publisher(Protocol):
     """Puts task messages on the broker (the Celery app's, in production)."""
 
     def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None, *,
-                             attempt: int = 1) -> None:
+                             attempt: int = 1, route: Route | None = None) -> None:
         """A process_task message for attempt `attempt` of `task_id` at API priority
-        `priority`, due after `countdown` s."""
+        `priority`, due after `countdown` s, carrying the task's `route` when given."""
 
     def dispatch(self, name: str, kwargs: dict[str, Any]) -> None:
         """Any other task, by its stable name."""
@@ -107,8 +108,10 @@ class Context:
         providers.seed()
         return ctx
 
-    def enqueue(self, task_id: str, priority: int, countdown: float | None = None, *, attempt: int = 1) -> None:
-        self.publisher.enqueue_process_task(task_id, priority, countdown, attempt=attempt)
+    def enqueue(self, task_id: str, priority: int, countdown: float | None = None, *, attempt: int = 1,
+                route: Route | None = None) -> None:
+        """`route`: the task's (its attempt can then choose a provider before reading it)."""
+        self.publisher.enqueue_process_task(task_id, priority, countdown, attempt=attempt, route=route)
 
 
 _lock = threading.Lock()

@@ -11,6 +11,7 @@ from aiintegration.commands.context import Context
 from aiintegration.commands.tracing import current_trace_context
 from aiintegration.commands.usage import reserve_budget
 from aiintegration.domain.auth import TRUSTED, Caller
+from aiintegration.domain.routing import Route
 from aiintegration.domain.submission import validate_submission
 from aiintegration.errors import ValidationError
 
@@ -61,7 +62,7 @@ def create_generation_task(
         admit(ctx, task_id, sub.lane_group)
     elif created and enqueue:
         try:
-            ctx.enqueue(task_id, sub.priority)
+            ctx.enqueue(task_id, sub.priority, route=Route(sub.task_type, sub.options.provider))
         except Exception:  # noqa: BLE001 - the record is stored; the pending sweep enqueues it
             log.exception("enqueue failed; the pending-task sweep will pick the task up", extra={"task_id": task_id})
     return task_id, created

@@ -61,7 +61,7 @@ def schedule_retry(ctx: Context, record: TaskRecord, error: dict[str, Any], *, f
         log.info("retry in %.2fs after %s: %s", delay, error.get("code"), error.get("message"),
                  extra={"task_id": record.id, "provider": error.get("provider")})
         try:
-            ctx.enqueue(record.id, record.priority, delay, attempt=record.attempts + 1)
+            ctx.enqueue(record.id, record.priority, delay, attempt=record.attempts + 1, route=record.route)
         except Exception:  # noqa: BLE001 - the retry index lets the pending sweep recover it
             log.exception("could not enqueue retry", extra={"task_id": record.id})
     return done

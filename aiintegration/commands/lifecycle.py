@@ -92,5 +92,5 @@ def retry_task(ctx: Context, task_id: str, retry_reason: Any, delay: Any = None,
         raise Conflict(f"task is {before} and cannot be retried now", details={"status": before})
     if record.status == S.DEAD_LETTERED:
         ctx.dlq.remove(task_id)
-    ctx.enqueue(task_id, record.priority, wait, attempt=record.attempts + 1)
+    ctx.enqueue(task_id, record.priority, wait, attempt=record.attempts + 1, route=record.route)
     return get_task(ctx, task_id)

@@ -18,6 +18,7 @@ from aiintegration.commands.webhooks import notify_terminal
 from aiintegration.domain.budgets import window_keys
 from aiintegration.domain.pricing import estimate_cost
 from aiintegration.domain.records import TaskRecord
+from aiintegration.domain.routing import Route
 from aiintegration.domain.states import TaskStatus
 from aiintegration.errors import (
     AIIntegrationError,
@@ -29,6 +30,7 @@ from aiintegration.errors import (
 )
 from aiintegration.providers.base import Generation, GenerationRequest, Provider
 from aiintegration.store.metrics import Sample, counter, observation
+from aiintegration.store.tasks import Claim
 from aiintegration.store.usage import usage_arg
 
 log = logging.getLogger(__name__)
@@ -81,39 +83,80 @@ def _call(provider: Provider, request: GenerationRequest, attempt: Attempt, on_d
     return final
 
 
+@dataclass
+class _Plan:
+    """What an attempt will do once it holds the task: its provider (or why there is none)
+    and its quota ticket."""
+
+    provider: Provider | None
+    choice: AIIntegrationError | None = None  # the claimed attempt fails with it (a retry, or the DLQ)
+    ticket: quotas.Ticket | None = None
+
+
+def _choose(ctx: Context, route: Route) -> _Plan:
+    try:
+        return _Plan(ctx.router.choose(route.task_type, pinned=route.pinned))
+    except AIIntegrationError as exc:
+        return _Plan(None, exc)
+
+
+def _unread_plan(ctx: Context, route: Route) -> _Plan | None:
+    """The plan when the attempt needs nothing of the record before its claim: the provider
+    follows from the route, and its quota has no limit to ask (or quotas are off). None: the
+    record must be read first (its request is what the quota reserves for)."""
+    plan = _choose(ctx, route)
+    if plan.provider is None or not ctx.settings.quotas:
+        return plan
+    plan.ticket = quotas.unmetered(ctx, plan.provider)
+    return plan if plan.ticket is not None else None
+
+
+def _read_plan(ctx: Context, seen: TaskRecord) -> _Plan | str:
+    """The plan from the record as read before the claim: the provider, and a reservation in
+    its quota; or what became of the task instead (throttled: no room in the quota yet)."""
+    plan = _choose(ctx, Route(seen.task_type, seen.pinned_provider))
+    if plan.provider is not None and ctx.settings.quotas:
+        request = GenerationRequest(seen.task_type, seen.request_content, timeout_s=seen.timeout_s)
+        plan.provider, answer = quotas.admit(ctx, seen, plan.provider, request)
+        if isinstance(answer, quotas.Refusal):
+            return quotas.throttle(ctx, seen, answer)
+        plan.ticket = answer
+    return plan
+
+
 def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_time: float = 300.0,
-                 on_delta: OnDelta | None = None, message_id: str | None = None) -> str:
+                 on_delta: OnDelta | None = None, message_id: str | None = None, route: Route | None = None) -> str:
     """Run one attempt of `task_id`. Returns what became of it: the new status, or
     `skipped:<status>` when the message was a duplicate or the task was no longer runnable.
     Every attempt that ran leaves one log line (`aiintegration.attempts`) and one span.
 
     The provider is chosen, and its quota asked for, before the claim: a task the provider's
     bucket cannot take yet is `throttled` (its status unchanged, its message back later), so
-    a wait for quota is never an attempt, a failure or a retry."""
-    seen = ctx.tasks.get(task_id)
-    if seen is None or seen.status not in RUNNABLE:
-        return f"skipped:{seen.status if seen else 'missing'}"
-    if seen.lane:  # a batch-lane task is never run here (nor asks for realtime quota): it waits for a batch
-        return return_to_lane(ctx, task_id)
-    provider: Provider | None = None
-    choice: AIIntegrationError | None = None
-    ticket: quotas.Ticket | None = None
-    try:
-        provider = ctx.router.choose(seen.task_type, pinned=seen.pinned_provider)
-    except AIIntegrationError as exc:
-        choice = exc  # the claimed attempt fails with it (a retry, or the DLQ)
-    if provider is not None and ctx.settings.quotas:
-        request = GenerationRequest(seen.task_type, seen.request_content, timeout_s=seen.timeout_s)
-        provider, answer = quotas.admit(ctx, seen, provider, request)
-        if isinstance(answer, quotas.Refusal):
-            return quotas.throttle(ctx, seen, answer)
-        ticket = answer
-    claim = ctx.tasks.claim(task_id, worker_id=worker_id, lease_s=ctx.settings.lease_s,
-                            max_processing_time=max_processing_time, provider=provider.name if provider else "",
-                            now=ctx.clock())
+    a wait for quota is never an attempt, a failure or a retry. With the task's `route` (its
+    message carries it) and a provider whose quota has no limit, there is nothing to ask: the
+    claim is the attempt's first round trip, and the record is read by it (a record on
+    another route than the message's is read and planned for as usual)."""
+    plan = _unread_plan(ctx, route) if route is not None else None
+    claim = None
+    if plan is not None:
+        claim = _claim(ctx, task_id, plan, worker_id, max_processing_time, route)
+        if claim.off_route:
+            plan = claim = None
+    if plan is None:
+        seen = ctx.tasks.get(task_id)
+        if seen is None or seen.status not in RUNNABLE:
+            return f"skipped:{seen.status if seen else 'missing'}"
+        if seen.lane:  # a batch-lane task is never run here (nor asks for realtime quota): it waits for a batch
+            return return_to_lane(ctx, task_id)
+        read = _read_plan(ctx, seen)
+        if isinstance(read, str):
+            return read
+        plan = read
+    if claim is None:
+        claim = _claim(ctx, task_id, plan, worker_id, max_processing_time, None)
     if not claim.claimed or claim.record is None:
-        if ticket is not None:
-            quotas.give_back(ctx, ticket)
+        if plan.ticket is not None:
+            quotas.give_back(ctx, plan.ticket)
         if claim.lane:  # a batch-lane task is never run here: it waits for its next batch
             return return_to_lane(ctx, task_id)
         return f"skipped:{claim.status or 'missing'}"
@@ -122,17 +165,24 @@ def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_t
         log.warning("took over a task whose worker stopped heartbeating", extra={"task_id": task_id})
     report = AttemptReport(task_id, record.attempts, record.task_type, record.tenant, message_id)
     with attempt_span(record) as span:
-        if provider is None or choice is not None:
-            report.error = choice.code if choice else "no_provider"
-            report.status = handle_failure(ctx, record, choice or ProviderUnavailable("no provider"),
+        if plan.provider is None or plan.choice is not None:
+            report.error = plan.choice.code if plan.choice else "no_provider"
+            report.status = handle_failure(ctx, record, plan.choice or ProviderUnavailable("no provider"),
                                            run_id=record.run_id)
         else:
-            report.status = _claimed(ctx, record, provider, ticket, report, on_delta)
+            report.status = _claimed(ctx, record, plan.provider, plan.ticket, report, on_delta)
         span.set_attribute("aiintegration.outcome", report.status)
     attempt_log.info("attempt %s of %s: %s", report.attempt, task_id, report.status,
                      extra={"task_id": task_id, "attempt": report.attempt, "provider": report.provider,
                             "fields": report.fields()})
     return report.status
+
+
+def _claim(ctx: Context, task_id: str, plan: _Plan, worker_id: str, max_processing_time: float,
+           route: Route | None) -> Claim:
+    return ctx.tasks.claim(task_id, worker_id=worker_id, lease_s=ctx.settings.lease_s,
+                           max_processing_time=max_processing_time,
+                           provider=plan.provider.name if plan.provider else "", route=route, now=ctx.clock())
 
 
 def _claimed(ctx: Context, record: TaskRecord, provider: Provider, ticket: quotas.Ticket | None,

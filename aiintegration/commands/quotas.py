@@ -31,7 +31,7 @@ class Ticket:
     provider: str
     bucket: str
     limits: RateLimits
-    reservation: str
+    reservation: str  # '' when the bucket has no limit: nothing was reserved (only the answer is learned)
     estimate: int
     prompt_estimate: int
     own: tuple[int | None, int | None] = (None, None)  # our reservations when admitted (store/quotas.py LEARN)
@@ -50,9 +50,21 @@ def _estimate(request: GenerationRequest) -> tuple[int, int]:
     return prompt + request.max_tokens, prompt
 
 
+def unmetered(ctx: Context, provider: Provider) -> Ticket | None:
+    """A ticket that reserves nothing when no attempt on `provider` has a limit to respect
+    (none configured for it or its models, none learned, no pause), so the attempt need not
+    ask; None when it must."""
+    limits = provider.config.rate_limits
+    if limits.models or not ctx.quotas.unlimited(provider.name, "*", limits.default):
+        return None
+    return Ticket(provider.name, "*", limits.default, "", 0, 0)
+
+
 def _ask(ctx: Context, record: TaskRecord, provider: Provider, request: GenerationRequest) -> Ticket | Refusal:
     bucket, limits = provider.config.rate_limits.bucket(provider.model_for(request))
     estimate, prompt = _estimate(request)
+    if ctx.quotas.unlimited(provider.name, bucket, limits):  # ADMIT would admit it without counting
+        return Ticket(provider.name, bucket, limits, "", estimate, prompt)
     reservation = f"{record.id}.{record.attempts + 1}.{uuid.uuid4().hex[:8]}"
     admission = ctx.quotas.admit(provider.name, bucket, limits, waiter=record.id, reservation=reservation,
                                  priority=record.priority, tenant=record.tenant,
@@ -96,12 +108,13 @@ def throttle(ctx: Context, record: TaskRecord, refusal: Refusal) -> str:
                                     reason=refusal.admission.reason.removesuffix("_queued"))],
                    first={"throttled_at": now}, now=now)
     ctx.enqueue(record.id, record.priority, max(0.05, min(wait, ctx.settings.quota_max_countdown_s)),
-                attempt=record.attempts + 1)
+                attempt=record.attempts + 1, route=record.route)
     return "throttled"
 
 
 def give_back(ctx: Context, ticket: Ticket) -> None:
-    ctx.quotas.give_back(ticket.provider, ticket.bucket, ticket.reservation)
+    if ticket.reservation:
+        ctx.quotas.give_back(ticket.provider, ticket.bucket, ticket.reservation)
 
 
 def settle(ctx: Context, ticket: Ticket, generation: Generation | None, error: BaseException | None, *,
@@ -111,18 +124,14 @@ def settle(ctx: Context, ticket: Ticket, generation: Generation | None, error: B
     what the provider said is learned, and a 429 pauses the bucket for everyone until its
     Retry-After."""
     try:
+        tokens: int | None  # None: given back whole
         if generation is not None:
-            usage = generation.usage
-            ctx.quotas.settle(ticket.provider, ticket.bucket, ticket.reservation,
-                              usage.input_tokens + usage.output_tokens, sent_at=sent_at)
-        elif isinstance(error, RateLimited):
-            ctx.quotas.give_back(ticket.provider, ticket.bucket, ticket.reservation)
+            tokens = generation.usage.input_tokens + generation.usage.output_tokens
         else:
-            ctx.quotas.settle(ticket.provider, ticket.bucket, ticket.reservation, ticket.prompt_estimate,
-                              sent_at=sent_at)
-        info = generation.rate_limits if generation is not None else None
+            tokens = None if isinstance(error, RateLimited) else ticket.prompt_estimate
         pause = (error.retry_after or DEFAULT_PAUSE_S) if isinstance(error, RateLimited) else None
-        if info is not None or pause is not None:
-            ctx.quotas.learn(ticket.provider, ticket.bucket, ticket.limits, info, pause_s=pause, own=ticket.own)
+        ctx.quotas.after_call(ticket.provider, ticket.bucket, ticket.limits, ticket.reservation, tokens,
+                              sent_at=sent_at, info=generation.rate_limits if generation is not None else None,
+                              pause_s=pause, own=ticket.own)
     except Exception:  # noqa: BLE001 - quota bookkeeping must not fail a finished attempt
         log.warning("could not settle a quota reservation", exc_info=True)

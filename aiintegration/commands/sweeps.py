@@ -97,12 +97,12 @@ def process_pending_tasks(ctx: Context, *, limit: int = 500) -> dict[str, Any]:
                 continue
             if record and record.status == S.QUEUED and (record.enqueued_at or 0) < now - grace:
                 ctx.tasks.set_fields(record.id, enqueued_at=now)
-                ctx.enqueue(record.id, record.priority, attempt=record.attempts + 1)
+                ctx.enqueue(record.id, record.priority, attempt=record.attempts + 1, route=record.route)
                 requeued += 1
     for record in ctx.tasks.get_many(ctx.tasks.retries_due(before=now - grace, limit=limit)):
         if record and record.status == S.RETRYING:
             ctx.tasks.retry_resent(record.id, now=now)
-            ctx.enqueue(record.id, record.priority, attempt=record.attempts + 1)
+            ctx.enqueue(record.id, record.priority, attempt=record.attempts + 1, route=record.route)
             requeued += 1
     counts = ctx.tasks.counts()
     ctx.sweeps.record_counts(at=now, counts=counts, requeued=requeued)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiintegration.domain.auth import DEFAULT_TENANT
+from aiintegration.domain.routing import Route
 from aiintegration.domain.states import TaskStatus
 
 Json = dict[str, Any]
@@ -118,6 +119,10 @@ class TaskRecord:
     @property
     def pinned_provider(self) -> str | None:
         return self.options.provider
+
+    @property
+    def route(self) -> Route:
+        return Route(self.task_type, self.options.provider)
 
     @property
     def retries_left(self) -> int:

@@ -9,6 +9,16 @@ from aiintegration.errors import NotFound, ProviderUnavailable, UnsupportedCapab
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """What the rule needs of a task: its type and pinned provider, both fixed when it is
+    created. A process_task message carries them, so an attempt can choose its provider
+    before it reads the record (the claim checks that the record agrees)."""
+
+    task_type: str
+    pinned: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """What the rule needs to know of one configured provider."""
 

@@ -6,7 +6,8 @@ trip. This module is the one place that knows the protocol:
   argument `name|k=v,k=v=<value>` (a counter) or `~name|k=v=<value>` (a histogram
   observation), joined by `;`;
 - the scripts store a counter as the field `name|labels` and an observation as
-  `name_bucket|labels|<le>` (non-cumulative), `name_sum|labels` and `name_count|labels`;
+  `name_bucket|labels|<le>` (non-cumulative) and `name_sum|labels`; a histogram's count is
+  the sum of its buckets (a `name_count|labels` field kept by earlier versions is ignored);
 - `MetricsStore.read` decodes the hash back into counters and cumulative histograms for /metrics.
 """
 

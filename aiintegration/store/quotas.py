@@ -26,6 +26,7 @@ or be told by the provider what is left (README, "Provider quotas").
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, cast
@@ -156,73 +157,87 @@ for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, 86400) end
 return {0, tostring(wait), reason}
 """
 
-# KEYS: bucket, amounts, log. ARGV: reservation id, real tokens (-1: give the reservation back
-# whole), when the request was sent. A settled reservation counts from when the request was
+# settle(K: bucket, amounts, log; A: reservation id, real tokens (-1: give the reservation back
+# whole), when the request was sent). A settled reservation counts from when the request was
 # sent: the provider counted it when it arrived, a moment later (the window's margin covers
 # that moment). Counting from the call's end instead would hold every slot for the window plus
 # the call's length (17 % of the capacity with 1-3 s calls in a 10 s window: bench/quota.py).
-SETTLE = """
-local a = redis.call('HGET', KEYS[2], ARGV[1])
-if not a then return 0 end
-local r, t = string.match(a, '^(%S+) (%S+)$')
-local real = tonumber(ARGV[2])
-if real < 0 then
-  redis.call('HINCRBYFLOAT', KEYS[1], 'used_requests', -tonumber(r))
-  redis.call('HINCRBYFLOAT', KEYS[1], 'used_tokens', -tonumber(t))
-  redis.call('HSET', KEYS[2], ARGV[1], '0 0')
-else
-  redis.call('HINCRBYFLOAT', KEYS[1], 'used_tokens', real - tonumber(t))
-  redis.call('HSET', KEYS[2], ARGV[1], r .. ' ' .. real)
-  if ARGV[3] ~= '' then redis.call('ZADD', KEYS[3], 'XX', ARGV[3], ARGV[1]) end
+_SETTLE = """
+local function settle(K, A)
+  local a = redis.call('HGET', K[2], A[1])
+  if not a then return 0 end
+  local r, t = string.match(a, '^(%S+) (%S+)$')
+  local real = tonumber(A[2])
+  if real < 0 then
+    redis.call('HINCRBYFLOAT', K[1], 'used_requests', -tonumber(r))
+    redis.call('HINCRBYFLOAT', K[1], 'used_tokens', -tonumber(t))
+    redis.call('HSET', K[2], A[1], '0 0')
+  else
+    redis.call('HINCRBYFLOAT', K[1], 'used_tokens', real - tonumber(t))
+    redis.call('HSET', K[2], A[1], r .. ' ' .. real)
+    if A[3] ~= '' then redis.call('ZADD', K[3], 'XX', A[3], A[1]) end
+  end
+  return 1
 end
-return 1
 """
 
-# KEYS: bucket, log, amounts. ARGV: now, window, rpm, tpm (configured; 0 = learn), limit req,
+# learn(K: bucket, log, amounts; A: now, window, rpm, tpm (configured; 0 = learn), limit req,
 # remaining req, reset req s, limit tok, remaining tok, reset tok s, pause s, own req, own tok
-# ('' = unknown). What the provider said: learned limits (used where none is configured), a
+# ('' = unknown)). What the provider said: learned limits (used where none is configured), a
 # pause (a 429's Retry-After) for everyone, and what it counted beyond our own reservations:
 # `limit - remaining - own`, where own is what we had reserved when this request was admitted
 # (the moment the provider's `remaining` describes), held as ONE entry per dimension until the
 # provider's reset. Each answer replaces the entry rather than adding to it: overlapping answers
 # measure the same difference. Unknown own (admitted before a limit was known): our reservations
 # now.
-LEARN = _EXPIRE + """
-local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-local function num(i) if ARGV[i] == '' then return nil end return tonumber(ARGV[i]) end
-if num(5) then redis.call('HSET', KEYS[1], 'learned_rpm', num(5)) end
-if num(8) then redis.call('HSET', KEYS[1], 'learned_tpm', num(8)) end
-local rpm, tpm = limits(KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
-expire_old(KEYS[1], KEYS[2], KEYS[3], now, window)
-local function hold(dim, limit, remaining, reset, own)
-  if not remaining or not reset or limit <= 0 then return end
-  local id, field = 'provider:' .. dim, dim == 'req' and 'used_requests' or 'used_tokens'
-  local old = redis.call('HGET', KEYS[3], id)
-  local held = 0
-  if old then held = tonumber(string.match(old, dim == 'req' and '^(%S+)' or ' (%S+)$')) end
-  if not own then own = tonumber(redis.call('HGET', KEYS[1], field) or '0') - held end
-  local extra = limit - remaining - own
-  if extra <= 0 and not old then return end
-  redis.call('HINCRBYFLOAT', KEYS[1], field, math.max(extra, 0) - held)
-  if extra <= 0 then
-    redis.call('ZREM', KEYS[2], id)
-    redis.call('HDEL', KEYS[3], id)
-    return
+_LEARN = """
+local function learn(K, A)
+  local now, window = tonumber(A[1]), tonumber(A[2])
+  local function num(i) if A[i] == '' then return nil end return tonumber(A[i]) end
+  if num(5) then redis.call('HSET', K[1], 'learned_rpm', num(5)) end
+  if num(8) then redis.call('HSET', K[1], 'learned_tpm', num(8)) end
+  local rpm, tpm = limits(K[1], tonumber(A[3]), tonumber(A[4]))
+  expire_old(K[1], K[2], K[3], now, window)
+  local function hold(dim, limit, remaining, reset, own)
+    if not remaining or not reset or limit <= 0 then return end
+    local id, field = 'provider:' .. dim, dim == 'req' and 'used_requests' or 'used_tokens'
+    local old = redis.call('HGET', K[3], id)
+    local held = 0
+    if old then held = tonumber(string.match(old, dim == 'req' and '^(%S+)' or ' (%S+)$')) end
+    if not own then own = tonumber(redis.call('HGET', K[1], field) or '0') - held end
+    local extra = limit - remaining - own
+    if extra <= 0 and not old then return end
+    redis.call('HINCRBYFLOAT', K[1], field, math.max(extra, 0) - held)
+    if extra <= 0 then
+      redis.call('ZREM', K[2], id)
+      redis.call('HDEL', K[3], id)
+      return
+    end
+    redis.call('ZADD', K[2], now - window + math.min(reset, window), id)
+    redis.call('HSET', K[3], id, dim == 'req' and (extra .. ' 0') or ('0 ' .. extra))
   end
-  redis.call('ZADD', KEYS[2], now - window + math.min(reset, window), id)
-  redis.call('HSET', KEYS[3], id, dim == 'req' and (extra .. ' 0') or ('0 ' .. extra))
-end
-hold('req', rpm, num(6), num(7), num(12))
-hold('tok', tpm, num(9), num(10), num(13))
-if num(11) then
-  local until_ = now + num(11)
-  if until_ > tonumber(redis.call('HGET', KEYS[1], 'paused_until') or '0') then
-    redis.call('HSET', KEYS[1], 'paused_until', until_)
+  hold('req', rpm, num(6), num(7), num(12))
+  hold('tok', tpm, num(9), num(10), num(13))
+  if num(11) then
+    local until_ = now + num(11)
+    if until_ > tonumber(redis.call('HGET', K[1], 'paused_until') or '0') then
+      redis.call('HSET', K[1], 'paused_until', until_)
+    end
   end
+  for _, key in ipairs(K) do redis.call('EXPIRE', key, 86400) end
+  return 1
 end
-for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, 86400) end
+"""
+
+# KEYS: bucket, log, amounts. ARGV: reservation id ('' = none was made), its real tokens (-1: give
+# it back whole), when its request was sent, then learn()'s arguments (none: nothing to learn).
+# After a call, in one round trip: the reservation settled, what the answer said learned.
+AFTER_CALL = _EXPIRE + _SETTLE + _LEARN + """
+if ARGV[1] ~= '' then settle({KEYS[1], KEYS[3], KEYS[2]}, {ARGV[1], ARGV[2], ARGV[3]}) end
+if #ARGV > 3 then learn(KEYS, {unpack(ARGV, 4)}) end
 return 1
 """
+
 
 # KEYS: bucket, log, amounts. ARGV: now, window, rpm, tpm.
 # Returns {rpm, tpm, requests left, tokens left, paused s} (-1: not limited).
@@ -264,19 +279,49 @@ class BucketState:
 WINDOW_MARGIN, WINDOW_SLACK_S = 1.02, 0.25
 
 
+# How stale a process's view of "this bucket has no limit" may be: a limit learned or a pause
+# set by another worker process reaches this one within it (the process that learned it, at
+# once), as a breaker's state does (store/breakers.py). A configured limit needs no such look:
+# it is in the provider's config.
+UNLIMITED_RECHECK_S = 0.5
+
+
 class QuotaStore:
     def __init__(self, client: redis.Redis, *, keys: Keys, window_s: float = WINDOW_S, waiter_grace_s: float = 10.0,
-                 scan_limit: int = 256):
+                 scan_limit: int = 256, unlimited_recheck_s: float = UNLIMITED_RECHECK_S):
         self.r, self.keys, self.window_s = client, keys, window_s * WINDOW_MARGIN + WINDOW_SLACK_S
         self.waiter_grace_s, self.scan_limit = waiter_grace_s, scan_limit
+        self.unlimited_recheck_s = unlimited_recheck_s
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], tuple[float, bool]] = {}  # bucket → (monotonic time, unlimited)
+        self._learned = 0  # learn() calls by this process: a look that overlapped one is not kept
         self._admit = client.register_script(ADMIT)
-        self._settle = client.register_script(SETTLE)
-        self._learn = client.register_script(LEARN)
+        self._after_call = client.register_script(AFTER_CALL)
         self._state = client.register_script(STATE)
 
     def _bucket_keys(self, provider: str, bucket: str) -> list[str]:
         return [self.keys.quota(provider, bucket), self.keys.quota_log(provider, bucket),
                 self.keys.quota_amounts(provider, bucket)]
+
+    def unlimited(self, provider: str, bucket: str, limits: RateLimits) -> bool:
+        """True when the bucket has no limit configured (`limits`) or learned and no pause: an
+        attempt has nothing to reserve there, and ADMIT would only say so (a round trip and a
+        script per attempt on `local` and most self-hosted servers). What Redis holds is read
+        at most every `unlimited_recheck_s` per process, and again at once after learn()."""
+        if limits.rpm > 0 or limits.tpm > 0:
+            return False
+        key = (provider, bucket)
+        seen = self._seen.get(key)
+        if seen is not None and time.monotonic() - seen[0] < self.unlimited_recheck_s:
+            return seen[1]
+        learned = self._learned
+        rpm, tpm, paused = cast(list[str | None], self.r.hmget(self.keys.quota(provider, bucket), "learned_rpm",
+                                                                 "learned_tpm", "paused_until"))
+        free = float(rpm or 0) <= 0 and float(tpm or 0) <= 0 and float(paused or 0) <= time.time()
+        with self._lock:
+            if learned == self._learned:
+                self._seen[key] = (time.monotonic(), free)
+        return free
 
     def admit(self, provider: str, bucket: str, limits: RateLimits, *, waiter: str, reservation: str,
               priority: int, tenant: str, weight: float, tokens: int, now: float | None = None) -> Admission:
@@ -295,29 +340,44 @@ class QuotaStore:
 
     def settle(self, provider: str, bucket: str, reservation: str, tokens: int, *, sent_at: float) -> None:
         """The call is over: its reservation becomes what it really used, counted from `sent_at`."""
-        self._settle(keys=[self.keys.quota(provider, bucket), self.keys.quota_amounts(provider, bucket),
-                           self.keys.quota_log(provider, bucket)], args=[reservation, max(0, tokens), sent_at])
+        self.after_call(provider, bucket, RateLimits(), reservation, tokens, sent_at=sent_at)
 
     def give_back(self, provider: str, bucket: str, reservation: str) -> None:
         """No call was made (the attempt was not claimed after all): the reservation is returned."""
-        self._settle(keys=[self.keys.quota(provider, bucket), self.keys.quota_amounts(provider, bucket),
-                           self.keys.quota_log(provider, bucket)], args=[reservation, -1, ""])
+        self.after_call(provider, bucket, RateLimits(), reservation, None)
 
     def learn(self, provider: str, bucket: str, limits: RateLimits, info: RateLimitInfo | None = None, *,
               pause_s: float | None = None, own: tuple[int | None, int | None] = (None, None),
               now: float | None = None) -> None:
         """What an answer said: limits, a pause, and the provider's count beyond ours (`own`: our
         reservations when that request was admitted, from its Admission)."""
-        now = time.time() if now is None else now
-        i = info or RateLimitInfo()
+        self.after_call(provider, bucket, limits, "", None, info=info or RateLimitInfo(), pause_s=pause_s, own=own,
+                        now=now)
 
-        def arg(value: Any) -> Any:
-            return "" if value is None else value
+    def after_call(self, provider: str, bucket: str, limits: RateLimits, reservation: str, tokens: int | None, *,
+                   sent_at: float | None = None, info: RateLimitInfo | None = None, pause_s: float | None = None,
+                   own: tuple[int | None, int | None] = (None, None), now: float | None = None) -> None:
+        """settle() (`tokens`) or give_back() (None) a `reservation` ('': none was made), and
+        learn() what the answer said when it said anything (`info`, `pause_s`): one round trip."""
+        learning = info is not None or pause_s is not None
+        if not reservation and not learning:
+            return
+        args: list[Any] = [reservation, -1 if tokens is None else max(0, tokens),
+                           "" if tokens is None or sent_at is None else sent_at]
+        if learning:
+            i = info or RateLimitInfo()
 
-        self._learn(keys=self._bucket_keys(provider, bucket), args=[
-            now, self.window_s, limits.rpm, limits.tpm, arg(i.limit_requests), arg(i.remaining_requests),
-            arg(i.reset_requests_s), arg(i.limit_tokens), arg(i.remaining_tokens), arg(i.reset_tokens_s),
-            arg(pause_s), arg(own[0]), arg(own[1])])
+            def arg(value: Any) -> Any:
+                return "" if value is None else value
+
+            args += [time.time() if now is None else now, self.window_s, limits.rpm, limits.tpm,
+                     arg(i.limit_requests), arg(i.remaining_requests), arg(i.reset_requests_s), arg(i.limit_tokens),
+                     arg(i.remaining_tokens), arg(i.reset_tokens_s), arg(pause_s), arg(own[0]), arg(own[1])]
+        self._after_call(keys=self._bucket_keys(provider, bucket), args=args)
+        if learning:
+            with self._lock:  # it may have taught a limit or set a pause: the next attempt here looks again
+                self._learned += 1
+                self._seen.pop((provider, bucket), None)
 
     def state(self, provider: str, bucket: str, limits: RateLimits, *, now: float | None = None) -> BucketState:
         now = time.time() if now is None else now

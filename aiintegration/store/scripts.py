@@ -12,14 +12,14 @@ local function emit(tstream, gstream, tmax, gmax, etype, data)
 end
 local BUCKETS = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}
 -- Counters live in one hash so /metrics sees every worker's work; the web process turns it
--- into Prometheus series. Histogram buckets are stored non-cumulative.
+-- into Prometheus series. Histogram buckets are stored non-cumulative; a histogram's count is
+-- the sum of its buckets (store/metrics.py), so no count field is kept.
 local function observe(p, name, labels, value)
   local key = p .. ':metrics'
   local le = '+Inf'
   for _, b in ipairs(BUCKETS) do if value <= b then le = tostring(b) break end end
   redis.call('HINCRBY', key, name .. '_bucket|' .. labels .. '|' .. le, 1)
   redis.call('HINCRBYFLOAT', key, name .. '_sum|' .. labels, value)
-  redis.call('HINCRBY', key, name .. '_count|' .. labels, 1)
 end
 local function count(p, field, by)
   redis.call('HINCRBYFLOAT', p .. ':metrics', field, by or 1)
@@ -61,61 +61,79 @@ if KEYS[4] ~= '' then
   end
   redis.call('SET', KEYS[4], id .. ' ' .. ARGV[10], 'EX', ARGV[4])
 end
-local fields = {}
-for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
+local fields, ttype = {}, ''
+for i = 11, #ARGV, 2 do
+  fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 1]
+  if ARGV[i] == 'task_type' then ttype = ARGV[i + 1] end
+end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', p .. ':idx:tasks', ARGV[3], id)
 redis.call('ZADD', p .. ':idx:by:' .. ARGV[5], ARGV[3], id)
 redis.call('ZADD', p .. ':idx:tenant:' .. ARGV[9], ARGV[3], id)
 move_status(p, id, '', 'queued', ARGV[3])
-count(p, 'aii_tasks_created_total|task_type=' .. redis.call('HGET', KEYS[1], 'task_type'))
+count(p, 'aii_tasks_created_total|task_type=' .. ttype)
 emit(KEYS[2], KEYS[3], ARGV[7], ARGV[8], 'task.created', ARGV[6])
 return {1, id}
 """
 
 # KEYS: task, task stream, global stream
-# ARGV: prefix, now, now iso, worker_id, run_id, lease_s, max_processing_time, tmax, gmax, provider
+# ARGV: prefix, now, now iso, worker_id, run_id, lease_s, max_processing_time, tmax, gmax, provider,
+#       route task type, route pinned provider ('' = none): with a task type, the provider was
+#       chosen from the message's route without reading the record, and the claim is refused
+#       ({0, status, 'route'}) unless the record has that task type and pinned provider.
 # Claims a queued task, a retrying task that is due, or a running task whose lease has
-# expired (its worker died). Returns {1, old status, hash...} or {0, current status}, or
-# {0, current status, 'lane'} for a task of the batch lane: a worker never runs those, it
-# hands them (back) to the lane.
+# expired (its worker died). Returns {1, old status, hash...} (the record as claimed) or
+# {0, current status}, or {0, current status, 'lane'} for a task of the batch lane: a worker
+# never runs those, it hands them (back) to the lane. The record is read once, whole.
 CLAIM = _EMIT + """
 local p, now = ARGV[1], tonumber(ARGV[2])
-local st = redis.call('HGET', KEYS[1], 'status')
+local h = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do h[all[i]] = all[i + 1] end
+local st = h['status']
 if not st then return {0, ''} end
-if redis.call('HGET', KEYS[1], 'lane') == 'batch' then return {0, st, 'lane'} end
+if h['lane'] == 'batch' then return {0, st, 'lane'} end
 local ok, recovered = false, false
 if st == 'queued' then ok = true
-elseif st == 'retrying' then ok = (tonumber(redis.call('HGET', KEYS[1], 'retry_at')) or 0) <= now + 1
+elseif st == 'retrying' then ok = (tonumber(h['retry_at']) or 0) <= now + 1
 elseif st == 'running' then
-  recovered = (tonumber(redis.call('HGET', KEYS[1], 'lease_until')) or 0) < now
+  recovered = (tonumber(h['lease_until']) or 0) < now
   ok = recovered
 end
 if not ok then return {0, st} end
-local id = redis.call('HGET', KEYS[1], 'id')
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-local since = tonumber(redis.call('HGET', KEYS[1], 'enqueued_at')) or now
-if st == 'retrying' then since = tonumber(redis.call('HGET', KEYS[1], 'retry_at')) or since end
-observe(p, 'aii_task_queue_wait_seconds', 'task_type=' .. redis.call('HGET', KEYS[1], 'task_type'), math.max(0, now - since))
-local throttled = tonumber(redis.call('HGET', KEYS[1], 'throttled_at'))
+local ttype = h['task_type'] or ''
+if ARGV[11] ~= '' then
+  local decoded, options = pcall(cjson.decode, h['options'] or '{}')
+  local pinned = decoded and type(options) == 'table' and options['provider'] or ''
+  if type(pinned) ~= 'string' then pinned = '' end
+  if ttype ~= ARGV[11] or pinned ~= ARGV[12] then return {0, st, 'route'} end
+end
+local id = h['id']
+local attempt = (tonumber(h['attempts']) or 0) + 1
+local since = tonumber(h['enqueued_at']) or now
+if st == 'retrying' then since = tonumber(h['retry_at']) or since end
+observe(p, 'aii_task_queue_wait_seconds', 'task_type=' .. ttype, math.max(0, now - since))
+local throttled = tonumber(h['throttled_at'])
 if throttled then  -- admitted after waiting for a provider's quota
   observe(p, 'aii_ratelimit_wait_seconds', 'provider=' .. ARGV[10], math.max(0, now - throttled))
   redis.call('HDEL', KEYS[1], 'throttled_at')
+  h['throttled_at'] = nil
 end
-local timeout = math.min(tonumber(redis.call('HGET', KEYS[1], 'timeout_s')) or 300, tonumber(ARGV[7]))
-local deadline = now + timeout
-local lease = now + tonumber(ARGV[6])
-redis.call('HSET', KEYS[1], 'status', 'running', 'worker_id', ARGV[4], 'run_id', ARGV[5],
-  'started_at', ARGV[2], 'updated_at', ARGV[2], 'lease_until', lease, 'deadline_at', deadline, 'retry_at', '')
+local timeout = math.min(tonumber(h['timeout_s']) or 300, tonumber(ARGV[7]))
+local deadline = string.format('%.17g', now + timeout)
+local lease = string.format('%.17g', now + tonumber(ARGV[6]))
+local changes = {'status', 'running', 'worker_id', ARGV[4], 'run_id', ARGV[5], 'started_at', ARGV[2],
+  'updated_at', ARGV[2], 'lease_until', lease, 'deadline_at', deadline, 'retry_at', '', 'attempts', tostring(attempt)}
+redis.call('HSET', KEYS[1], unpack(changes))
 redis.call('ZADD', p .. ':idx:deadline', deadline, id)
 redis.call('ZADD', p .. ':idx:lease', lease, id)
-redis.call('ZREM', p .. ':idx:retry', id)
-move_status(p, id, st, 'running', redis.call('HGET', KEYS[1], 'created_at'))
+if st == 'retrying' then redis.call('ZREM', p .. ':idx:retry', id) end  -- only a retrying task is there
+move_status(p, id, st, 'running', h['created_at'])
 emit(KEYS[2], KEYS[3], ARGV[8], ARGV[9], 'task.started', cjson.encode({type = 'task.started', at = ARGV[3],
   task_id = id, attempt = attempt, worker_id = ARGV[4], recovered = recovered}))
+for i = 1, #changes, 2 do h[changes[i]] = changes[i + 1] end
 local out = {1, st}
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all do out[#out + 1] = all[i] end
+for k, v in pairs(h) do out[#out + 1] = k; out[#out + 1] = v end
 return out
 """
 
@@ -127,25 +145,31 @@ return out
 #       encoding: the call's tokens and cost into the day's and month's ledgers),
 #       then n (type, data) pairs, then field, value, ...
 # Returns {1, old status} or {0, current status ('' when the task does not exist)}.
+# The record is read once (one HMGET of the fields it needs; `provider` as the change leaves it).
 TRANSITION = _EMIT + """
 local p, to, now = ARGV[1], ARGV[3], ARGV[6]
-local st = redis.call('HGET', KEYS[1], 'status')
+local st, id, tenant, by, created, ttype, prov, bc, bt, bd, bm, required = unpack(redis.call('HMGET', KEYS[1],
+  'status', 'id', 'tenant', 'requested_by', 'created_at', 'task_type', 'provider', 'budget_cost', 'budget_tokens',
+  'budget_day', 'budget_month', ARGV[4] ~= '' and ARGV[4] or 'status'))
 if not st then return {0, ''} end
 local allowed = false
 for s in string.gmatch(ARGV[2], '[^,]+') do if s == st then allowed = true end end
 if not allowed then return {0, st} end
-if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], ARGV[4]) ~= ARGV[5] then return {0, st} end
-local id = redis.call('HGET', KEYS[1], 'id')
+if ARGV[4] ~= '' and required ~= ARGV[5] then return {0, st} end
+tenant, ttype, created = tenant or 'default', ttype or '', tonumber(created) or tonumber(now)
 local nev = tonumber(ARGV[8])
 local fields = {'status', to, 'updated_at', now}
-for i = 16 + 2 * nev, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 16 + 2 * nev, #ARGV, 2 do
+  fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 1]
+  if ARGV[i] == 'provider' then prov = ARGV[i + 1] end
+end
 redis.call('HSET', KEYS[1], unpack(fields))
 if to ~= 'running' then
   redis.call('ZREM', p .. ':idx:deadline', id)
   redis.call('ZREM', p .. ':idx:lease', id)
 end
 if to == 'retrying' then redis.call('ZADD', p .. ':idx:retry', ARGV[12], id)
-else redis.call('ZREM', p .. ':idx:retry', id) end
+elseif st == 'retrying' then redis.call('ZREM', p .. ':idx:retry', id) end  -- only a retrying task is there
 if ARGV[13] ~= '' then
   redis.call('HSET', p .. ':dlq', id, ARGV[13])
   redis.call('ZADD', p .. ':idx:dlq', now, id)  -- waiting for a decision
@@ -156,47 +180,49 @@ if ttl > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
   -- 2|id|status|tenant|requested_by: enough to drop the id from every index once the record expires
-  redis.call('ZADD', p .. ':idx:expiry', tonumber(now) + ttl, '2|' .. id .. '|' .. to .. '|' ..
-    (redis.call('HGET', KEYS[1], 'tenant') or 'default') .. '|' .. redis.call('HGET', KEYS[1], 'requested_by'))
+  redis.call('ZADD', p .. ':idx:expiry', tonumber(now) + ttl, '2|' .. id .. '|' .. to .. '|' .. tenant .. '|' ..
+    (by or ''))
   redis.call('ZADD', p .. ':idx:compact', now, id)  -- its event stream is folded in later (COMPACT)
 elseif ttl < 0 then
   redis.call('PERSIST', KEYS[1])
   redis.call('PERSIST', KEYS[2])
 end
-move_status(p, id, st, to, redis.call('HGET', KEYS[1], 'created_at'))
-local ttype = redis.call('HGET', KEYS[1], 'task_type')
+move_status(p, id, st, to, created)
 if ARGV[15] ~= '' then
-  local day, month, tenant, prov, model, req, inp, cached, out, cost = string.match(ARGV[15],
+  local day, month, who, via, model, req, inp, cached, out, cost = string.match(ARGV[15],
     '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
   local dkey, mkey = p .. ':usage:' .. day, p .. ':usage:month:' .. month
-  local f = tenant .. '|' .. prov .. '|' .. model .. '|'
-  for name, by in pairs({requests = req, input_tokens = inp, cached_input_tokens = cached,
-                         output_tokens = out, cost = cost}) do
-    redis.call('HINCRBYFLOAT', dkey, f .. name, by)
+  local f = who .. '|' .. via .. '|' .. model .. '|'
+  -- The row's first request of the day starts both ledgers' 400 days (a later write leaves them).
+  local first = tonumber(redis.call('HINCRBYFLOAT', dkey, f .. 'requests', req)) == tonumber(req)
+  -- Amounts of 0 are not written: a missing field reads as 0 (store/usage.py).
+  for name, amount in pairs({input_tokens = inp, cached_input_tokens = cached, output_tokens = out, cost = cost}) do
+    if tonumber(amount) ~= 0 then redis.call('HINCRBYFLOAT', dkey, f .. name, amount) end
   end
   local tokens = tonumber(inp) + tonumber(out)
-  redis.call('HINCRBYFLOAT', dkey, tenant .. '|cost', cost)
-  redis.call('HINCRBYFLOAT', dkey, tenant .. '|tokens', tokens)
-  redis.call('HINCRBYFLOAT', mkey, tenant .. '|cost', cost)
-  redis.call('HINCRBYFLOAT', mkey, tenant .. '|tokens', tokens)
-  redis.call('EXPIRE', dkey, 400 * 86400)
-  redis.call('EXPIRE', mkey, 400 * 86400)
+  redis.call('HINCRBYFLOAT', dkey, who .. '|tokens', tokens)
+  redis.call('HINCRBYFLOAT', mkey, who .. '|tokens', tokens)
+  if tonumber(cost) ~= 0 then
+    redis.call('HINCRBYFLOAT', dkey, who .. '|cost', cost)
+    redis.call('HINCRBYFLOAT', mkey, who .. '|cost', cost)
+  end
+  if first then
+    redis.call('EXPIRE', dkey, 400 * 86400)
+    redis.call('EXPIRE', mkey, 400 * 86400)
+  end
 end
 if ARGV[14] == '1' then
-  local bc, bt, bd, bm, tn = unpack(redis.call('HMGET', KEYS[1], 'budget_cost', 'budget_tokens', 'budget_day',
-                                              'budget_month', 'tenant'))
-  if bd then
+  if bd and bd ~= '' then  -- a reservation made at submission (a record without one holds '')
     for _, window in ipairs({'day:' .. bd, 'month:' .. bm}) do
-      local rkey = p .. ':budget:' .. tn .. ':' .. window
+      local rkey = p .. ':budget:' .. tenant .. ':' .. window
       redis.call('HINCRBYFLOAT', rkey, 'cost', -(tonumber(bc) or 0))
       redis.call('HINCRBYFLOAT', rkey, 'tokens', -(tonumber(bt) or 0))
     end
     redis.call('HDEL', KEYS[1], 'budget_cost', 'budget_tokens', 'budget_day', 'budget_month')
   end
-  local prov = redis.call('HGET', KEYS[1], 'provider') or ''
-  count(p, 'aii_tasks_finished_total|status=' .. to .. ',task_type=' .. ttype .. ',provider=' .. prov)
+  count(p, 'aii_tasks_finished_total|status=' .. to .. ',task_type=' .. ttype .. ',provider=' .. (prov or ''))
   observe(p, 'aii_task_duration_seconds', 'status=' .. to .. ',task_type=' .. ttype,
-    math.max(0, tonumber(now) - (tonumber(redis.call('HGET', KEYS[1], 'created_at')) or tonumber(now))))
+    math.max(0, tonumber(now) - created))
 elseif to == 'retrying' then
   count(p, 'aii_task_retries_total|task_type=' .. ttype)
 elseif to == 'timed_out' then

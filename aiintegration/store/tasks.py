@@ -19,6 +19,7 @@ import redis
 
 from aiintegration.domain.batching import LANE
 from aiintegration.domain.records import TaskRecord, dumps, encode_field, iso
+from aiintegration.domain.routing import Route
 from aiintegration.domain.states import ALLOWED_FROM, FINAL, TERMINAL, TaskStatus
 from aiintegration.domain.submission import Submission
 from aiintegration.errors import IdempotencyKeyReused
@@ -39,6 +40,7 @@ class Claim:
     status: str  # the status before the claim (or the current one when not claimed; '' if gone)
     record: TaskRecord | None = None
     lane: bool = False  # not claimed: the task belongs to the batch lane
+    off_route: bool = False  # not claimed: the record's task type or pinned provider is not the route's
 
     @property
     def recovered(self) -> bool:
@@ -90,7 +92,8 @@ class TaskStore:
         argv: list[Any] = [self.keys.prefix, record.id, now, self.idempotency_ttl_s, sub.requested_by, event,
                            *self.maxlens, sub.tenant, sub.fingerprint()]
         for k, v in record.to_hash().items():
-            argv += [k, v]
+            if v != "":  # unset: absent (NOTE's "first" fields are set only where the record has none)
+                argv += [k, v]
         outcome, tid = self._create(keys=[*self._script_keys(record.id), idem], args=argv)
         if outcome == 2:
             raise IdempotencyKeyReused("this Idempotency-Key was already used for a different request",
@@ -99,15 +102,17 @@ class TaskStore:
         return str(tid), bool(outcome)
 
     def claim(self, task_id: str, *, worker_id: str, lease_s: float, max_processing_time: float,
-              provider: str = "", now: float | None = None) -> Claim:
+              provider: str = "", route: Route | None = None, now: float | None = None) -> Claim:
         """Start an attempt: a queued task, a retrying one that is due, or a running one whose
-        lease ran out. The claimed record carries the attempt's fresh `run_id`."""
+        lease ran out. The claimed record carries the attempt's fresh `run_id`. With a `route`
+        (the provider was chosen from it, not from the record), only a record on that route."""
         now = time.time() if now is None else now
         out = self._claim(keys=self._script_keys(task_id), args=[
             self.keys.prefix, now, iso(now) or "", worker_id, uuid.uuid4().hex, lease_s, max_processing_time,
-            *self.maxlens, provider])
+            *self.maxlens, provider, route.task_type if route else "", (route.pinned or "") if route else ""])
         if not out[0]:
-            return Claim(False, str(out[1]), lane=len(out) > 2)
+            why = str(out[2]) if len(out) > 2 else ""
+            return Claim(False, str(out[1]), lane=why == "lane", off_route=why == "route")
         flat = out[2:]
         return Claim(True, str(out[1]), TaskRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True))))
 

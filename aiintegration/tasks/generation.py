@@ -12,6 +12,7 @@ from aiintegration.commands.context import get_context
 from aiintegration.commands.create import create_generation_task as create
 from aiintegration.commands.process import process_task as process
 from aiintegration.domain.auth import trusted
+from aiintegration.domain.routing import Route
 from aiintegration.tasks import CALLER_ERRORS, current_worker_id, error_result, policy
 
 
@@ -38,8 +39,10 @@ def create_generation_task(self: Task[Any, Any], /, task_type: str, request_cont
     if task_id == record_id:  # ours (not another task an idempotency key named): run its first attempt here
         if self.request.id and not self.request.ignore_result:
             self.backend.store_result(self.request.id, reply, states.SUCCESS)
+            # Stored: Celery's own store after the return would only read it back and keep it.
+            self.request.ignore_result = True
         process(ctx, task_id, worker_id=current_worker_id(self), max_processing_time=ctx.settings.max_task_timeout_s,
-                message_id=f"{task_id}.1")
+                message_id=f"{task_id}.1", route=Route(task_type, (options or {}).get("provider")))
     return reply
 
 
@@ -56,13 +59,16 @@ def record_id_for(message_id: str | None) -> str:
 
 @shared_task(name="aiintegration.process_task", bind=True, **policy(answered=False, infra_retry=True))
 def process_task(self: Task[Any, Any], /, task_id: str, worker_id: str | None = None,
-                 max_processing_time: float | None = None, **_: Any) -> str:
-    """One attempt. max_processing_time caps the task's own `timeout_s` (default: that timeout)."""
+                 max_processing_time: float | None = None, task_type: str | None = None,
+                 pinned_provider: str | None = None, **_: Any) -> str:
+    """One attempt. max_processing_time caps the task's own `timeout_s` (default: that timeout);
+    `task_type` and `pinned_provider`, the task's route, let it choose before reading the record."""
     ctx = get_context()
     cap = ctx.settings.max_task_timeout_s
     limit = min(float(max_processing_time), cap) if max_processing_time else cap
+    route = Route(str(task_type), str(pinned_provider) if pinned_provider else None) if task_type else None
     return process(ctx, task_id, worker_id=worker_id or current_worker_id(self), max_processing_time=limit,
-                   message_id=self.request.id)
+                   message_id=self.request.id, route=route)
 
 
 @shared_task(name="aiintegration.retry_task", **policy(answered=True, infra_retry=True))

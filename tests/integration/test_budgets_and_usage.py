@@ -63,6 +63,10 @@ def test_a_spent_budget_refuses_new_work_until_its_window_ends_and_accepted_work
     assert view["day"]["reserved"]["tokens"] == pytest.approx(0, abs=1e-6)  # released by the finishing transitions
     assert view["day"]["spent"]["tokens"] == used < 250  # the local answers were short
     assert web.post("/v1/tasks", json=BODY, headers=as_(TINY)).status_code == 202  # room again
+    assert not bctx.tasks.r.keys("aii:budget:rich:*")  # a tenant without a budget reserves and releases nothing
+    (row,) = web.get("/v1/usage?tenant=tiny", headers=as_(OPS)).json["items"]  # amounts of 0 read as 0
+    assert row["requests"] == 3 and row["input_tokens"] + row["output_tokens"] == used
+    assert row["cached_input_tokens"] == 0 and row["cost"] == 0.0
 
 
 def test_usage_the_tasks_costs_and_the_cost_metric_agree_and_cached_tokens_are_priced_apart(web, bctx, db):

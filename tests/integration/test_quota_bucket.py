@@ -5,12 +5,14 @@ stacking it, and are compared with what we had reserved when their request was a
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
 
 from aiintegration.domain.quotas import RateLimitInfo, RateLimits
 from aiintegration.store.quotas import QuotaStore
+from tests.support import Monitor
 
 LIMITS = RateLimits(rpm=10, tpm=0)
 T0 = 1_700_000_000.0
@@ -88,3 +90,36 @@ def test_calls_made_before_a_limit_was_known_are_held_until_the_providers_reset(
     state = store.state("openai", name, unlimited, now=T0 + 1)
     assert state.limits.rpm == 10 and state.requests_left == 3
     assert store.state("openai", name, unlimited, now=T0 + 1 + 4.1).requests_left == 10
+
+
+def test_a_bucket_without_limits_is_looked_at_once_per_recheck_and_at_once_after_learning(bucket):
+    store, name = bucket
+    elsewhere = QuotaStore(store.r, keys=store.keys, window_s=10)  # another worker process
+    none = RateLimits(0, 0)
+    assert store.unlimited("openai", name, none) and elsewhere.unlimited("openai", name, none)
+    assert not store.unlimited("openai", name, LIMITS)  # a configured limit: at once, without looking
+    elsewhere.learn("openai", name, none, seen(9), own=(None, None), now=time.time())
+    assert not elsewhere.unlimited("openai", name, none)  # the process that learned it: at its next attempt
+    assert store.unlimited("openai", name, none)  # another: not before its next look...
+    time.sleep(store.unlimited_recheck_s)
+    assert not store.unlimited("openai", name, none)  # ...which is at most the recheck later
+
+
+def test_a_pause_makes_a_bucket_without_limits_ask_until_it_ends(bucket):
+    store, name = bucket
+    none = RateLimits(0, 0)
+    assert store.unlimited("openai", name, none)
+    store.learn("openai", name, none, pause_s=0.8, now=time.time())  # a 429's Retry-After
+    assert not store.unlimited("openai", name, none)
+    time.sleep(0.8)
+    assert store.unlimited("openai", name, none)
+
+
+def test_after_a_call_the_reservation_is_settled_and_the_answer_learned_in_one_round_trip(bucket):
+    store, name = bucket
+    (first,) = admit(store, name, T0)
+    with Monitor(store.r) as monitor:
+        store.after_call("openai", name, LIMITS, first.reservation, 12, sent_at=T0 + 0.1,
+                         info=seen(10 - 1 - 2), own=(first.own_requests, first.own_tokens), now=T0 + 1)
+    assert [args[0] for args in monitor.sent()] == ["EVALSHA"]
+    assert left(store, name, T0 + 1) == 10 - 1 - 2  # ours, settled, and the 2 the provider counted elsewhere

@@ -68,6 +68,9 @@ def test_work_above_the_configured_limit_is_scheduled_not_failed(ctx, worker, fa
     assert all(e["reason"].startswith(("requests", "paused")) and e["until"].endswith("Z") for e in throttled)
     first = next(e for e in events_of(ctx, ids[-1]))
     assert first["type"] == "task.created"
+    (waited,) = [h for h in ctx.metrics.read().histograms["aii_ratelimit_wait_seconds"]
+                 if h.labels == {"provider": "openai"}]
+    assert waited.buckets[-1][1] >= len({e["task_id"] for e in throttled})  # one per attempt that waited
 
 
 def test_the_providers_headers_alone_teach_the_limit(ctx, worker, fake):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 
 import pytest
 
@@ -127,6 +128,23 @@ def test_a_task_sent_by_name_takes_one_broker_hop_like_a_rest_submission(ctx, wo
         assert ctx.tasks.get(reply["id"]).attempts == 1
     finally:
         ctx.providers.put(ctx.providers.get("local").with_changes(extra={}))
+
+
+def test_a_task_sent_by_name_stores_its_reply_once(ctx, worker):
+    """Stored before the attempt runs (a caller waiting on it has it at once); Celery's own
+    store after the task returns, which would only read the stored reply back, is skipped."""
+    from tests.support import Monitor, celery_for
+
+    task_id = str(uuid.uuid4())
+    with Monitor(ctx.tasks.r) as monitor:
+        celery_for(ctx.settings.redis_url).send_task("aiintegration.create_generation_task", task_id=task_id, kwargs={
+            "task_type": "text_generation", "request_content": {"prompt": "once"}, "requested_by": "svc"})
+        wait_status(ctx, task_id, ["succeeded"])
+        wait_for(lambda: f"aiintegration.create_generation_task[{task_id}] succeeded" in worker.output(),
+                 what="the create task to end")
+    key = f"celery-task-meta-{task_id}"
+    on_reply = [args[0] for _, args in monitor.commands if key in args and args[0] not in ("SUBSCRIBE", "UNSUBSCRIBE")]
+    assert on_reply == ["GET", "SETEX", "PUBLISH"], on_reply  # Celery's check, the reply and its notice
 
 
 def test_send_task_with_bad_input_gets_a_clear_error_back(ctx):

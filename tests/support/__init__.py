@@ -17,6 +17,7 @@ from aiintegration.celery_app import CeleryPublisher
 from aiintegration.commands.context import Context
 from aiintegration.config import Settings
 from aiintegration.domain.records import TaskRecord
+from aiintegration.domain.routing import Route
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,7 +57,7 @@ class RecordingPublisher:
         self.dispatched: list[tuple[str, dict[str, Any]]] = []
 
     def enqueue_process_task(self, task_id: str, priority: int, countdown: float | None = None, *,
-                             attempt: int = 1) -> None:
+                             attempt: int = 1, route: Route | None = None) -> None:
         if self.fail:
             raise ConnectionError("broker down")
         self.task_ids.append(task_id)
@@ -185,3 +186,51 @@ def events_of(ctx: Context, task_id: str) -> list[dict[str, Any]]:
     import json
 
     return [json.loads(f["data"]) for _, f in ctx.tasks.r.xrange(ctx.tasks.keys.task_stream(task_id))]
+
+
+class Monitor:
+    """What Redis runs for one database while open (MONITOR): `(source, args)` per command,
+    source "lua" for a command run inside a script (right after its EVALSHA), else the
+    client's address. `client` is a client on that database (it marks the end)."""
+
+    def __init__(self, client: Any):
+        import threading
+        import uuid
+
+        self.client, self.db = client, int(client.connection_pool.connection_kwargs.get("db", 0))
+        self.commands: list[tuple[str, list[str]]] = []
+        self._end = f"monitor-end-{uuid.uuid4().hex}"
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+
+    def _listen(self) -> None:
+        import redis
+
+        kwargs = self.client.connection_pool.connection_kwargs
+        monitor_client = redis.Redis(host=kwargs.get("host", "127.0.0.1"), port=kwargs.get("port", 6379),
+                                     decode_responses=True)
+        with monitor_client.monitor() as monitor:
+            self._ready.set()
+            while True:
+                line = monitor.next_command()
+                if int(line["db"]) != self.db:
+                    continue
+                args = line["command"].split(" ")
+                if args[-1] == self._end:
+                    return
+                source = "lua" if line.get("client_type") == "lua" else f"{line['client_address']}:{line['client_port']}"
+                self.commands.append((source, args))
+
+    def __enter__(self) -> Monitor:
+        self._thread.start()
+        self._ready.wait(5)
+        time.sleep(0.05)  # MONITOR is on before the first command we want to see
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.echo(self._end)
+        self._thread.join(10)
+
+    def sent(self) -> list[list[str]]:
+        """The commands clients sent (one round trip each, a pipeline's apart), scripts' inner ones left out."""
+        return [args for source, args in self.commands if source != "lua"]

@@ -103,12 +103,13 @@ def test_the_metrics_protocol_round_trips_counters_and_histograms():
                               observation("aii_provider_call_seconds", 0.25, provider="local")])
     assert encoded == ("aii_tokens_total|direction=input,provider=open_ai=12;"
                        "~aii_provider_call_seconds|provider=local=0.25")
-    # what the Lua scripts store for those samples
+    # what the Lua scripts store for those samples (a histogram's count is its buckets' sum; the
+    # count field earlier versions kept is ignored)
     stored = {"aii_tokens_total|direction=input,provider=open_ai": "12",
               "aii_provider_call_seconds_bucket|provider=local|0.25": "1",
               "aii_provider_call_seconds_bucket|provider=local|+Inf": "2",
               "aii_provider_call_seconds_sum|provider=local": "90.25",
-              "aii_provider_call_seconds_count|provider=local": "3"}
+              "aii_provider_call_seconds_count|provider=local": "7"}
     metrics = decode(stored)
     assert metrics.counters == {"aii_tokens_total": [({"direction": "input", "provider": "open_ai"}, 12.0)]}
     (hist,) = metrics.histograms["aii_provider_call_seconds"]
