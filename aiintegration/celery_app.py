@@ -7,6 +7,7 @@ web app factory and the CLI hand it to the contexts they build.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
@@ -66,8 +67,11 @@ use_publisher(CeleryPublisher(app))
 
 
 @after_setup_logger.connect
-def _structured_logs(**_: Any) -> None:
-    configure(json_lines=get_settings().log_json)
+def _structured_logs(loglevel: int | str | None = None, **_: Any) -> None:
+    # The level given on the command line (`-l WARNING`), not INFO regardless: at INFO a worker
+    # writes three lines per task (received, succeeded, the attempt's outcome).
+    level = logging.getLevelName(loglevel.upper()) if isinstance(loglevel, str) else loglevel
+    configure(json_lines=get_settings().log_json, level=level if isinstance(level, int) else logging.INFO)
 
 
 @worker_init.connect

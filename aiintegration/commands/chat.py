@@ -109,9 +109,9 @@ class ChatStream:
     """Hooks for one attempt of a chat task: deltas, then completion or an explicit
     `chat.response.incomplete`, so a client never sees two answers spliced together.
 
-    Deltas come from the provider call's thread, the end from the task's thread; a call that
-    was stopped (cancel, timeout) may still be between two chunks when the end is written,
-    so the end closes the stream first and a late delta is dropped, never sent after it."""
+    Deltas and the end are both written by the task's thread (the call hands its deltas over
+    from the event loop); once the end is written the stream is closed, and a delta that
+    arrives after it is dropped, never sent after it."""
 
     def __init__(self, ctx: Context, record: TaskRecord):
         self.ctx = ctx

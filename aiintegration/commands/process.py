@@ -66,18 +66,17 @@ class AttemptReport:
                 "celery_id": self.message_id}
 
 
-def _call(provider: Provider, request: GenerationRequest, attempt: Attempt, on_delta: OnDelta | None) -> Generation:
-    if on_delta is None:
-        return provider.generate(request)
+async def _call(provider: Provider, request: GenerationRequest, attempt: Attempt, *, streaming: bool) -> Generation:
+    """The provider call itself, on the runner's event loop: deltas go back to the task's
+    thread through `attempt.emit`."""
+    if not streaming:
+        return await provider.agenerate(request)
     final: Generation | None = None
-    for piece in provider.stream(request, attempt.should_stop):
+    async for piece in provider.astream(request, attempt.should_stop):
         if isinstance(piece, Generation):
             final = piece
-            continue
-        try:
-            on_delta(piece)
-        except Exception as exc:  # noqa: BLE001 - writing the delta is ours, not the provider's, to fail
-            raise StoreUnavailable(f"could not write the answer's events: {type(exc).__name__}") from exc
+        else:
+            attempt.emit(piece)
     if final is None:  # the stream was stopped before its end
         raise ProviderUnavailable("the stream ended early", provider=provider.name)
     return final
@@ -122,6 +121,15 @@ def _read_plan(ctx: Context, seen: TaskRecord) -> _Plan | str:
             return quotas.throttle(ctx, seen, answer)
         plan.ticket = answer
     return plan
+
+
+def _writer(on_delta: OnDelta) -> OnDelta:
+    def write(text: str) -> None:
+        try:
+            on_delta(text)
+        except Exception as exc:  # noqa: BLE001 - writing the delta is ours, not the provider's, to fail
+            raise StoreUnavailable(f"could not write the answer's events: {type(exc).__name__}") from exc
+    return write
 
 
 def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_time: float = 300.0,
@@ -230,12 +238,12 @@ def _attempt(ctx: Context, record: TaskRecord, provider: Provider, request: Gene
     task_id, run_id = record.id, attempt.run_id
     started, sent_at = time.monotonic(), [time.time()]
 
-    def call(a: Attempt) -> Generation:
+    async def call(a: Attempt) -> Generation:
         sent_at[0] = time.time()  # what the quota counts from: the request leaves now
-        return _call(provider, request, a, on_delta)
+        return await _call(provider, request, a, streaming=on_delta is not None)
 
     with provider_span(provider, request) as span:
-        outcome = ctx.runner.run(attempt, call)
+        outcome = ctx.runner.run(attempt, call, _writer(on_delta) if on_delta else None)
         if outcome.value is not None:
             record_generation(span, outcome.value)
         elif outcome.stopped or outcome.error is not None:

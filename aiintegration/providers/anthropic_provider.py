@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator, Sequence, Set
+from collections.abc import AsyncIterator, Iterator, Sequence, Set
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -11,6 +12,7 @@ import anthropic
 
 from aiintegration import errors
 from aiintegration.domain.providers import ProviderConfig
+from aiintegration.domain.quotas import RateLimitInfo
 from aiintegration.providers.base import (
     ANTHROPIC_ERROR_STATUS,
     CLOCK_SLACK_S,
@@ -112,21 +114,45 @@ class AnthropicProvider(Provider, BatchAPI):
             params["system"] = system
         return params
 
-    def generate(self, request: GenerationRequest) -> Generation:
-        params = self._params(request)
-        with self._sdk_errors():
-            raw = self.client.with_options(timeout=min(request.timeout_s, self.config.timeout_s)) \
-                .messages.with_raw_response.create(**params)
-            reply = raw.parse()
+    @functools.cached_property
+    def aclient(self) -> anthropic.AsyncAnthropic:
+        """The async twin of `client`, for workers' calls: made on first use, on the worker's
+        event loop (the web process never needs one)."""
+        return anthropic.AsyncAnthropic(api_key=self.config.api_key or "not-configured",
+                                        base_url=self.config.base_url, max_retries=0, timeout=self.config.timeout_s)
+
+    def _timeout(self, request: GenerationRequest) -> float:
+        return min(request.timeout_s, self.config.timeout_s)
+
+    def _reply(self, reply: Any, headers: Any, model: str) -> Generation:
         text = "".join(getattr(block, "text", "") for block in reply.content or [])
         if reply.stop_reason == "refusal":
             raise errors.ContentRejected("the provider refused the request", provider=self.name)
-        return Generation(self.name, reply.model or params["model"], text=text, usage=_usage(reply.usage),
-                          finish_reason=reply.stop_reason, rate_limits=anthropic_rate_limits(raw.headers))
+        return Generation(self.name, reply.model or model, text=text, usage=_usage(reply.usage),
+                          finish_reason=reply.stop_reason, rate_limits=anthropic_rate_limits(headers))
+
+    def _final(self, final: Any, model: str, limits: RateLimitInfo | None) -> Generation:
+        return Generation(self.name, final.model or model, text="".join(getattr(b, "text", "") for b in final.content or []),
+                          usage=_usage(final.usage), finish_reason=final.stop_reason, rate_limits=limits)
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        params = self._params(request)
+        with self._sdk_errors():
+            raw = self.client.with_options(timeout=self._timeout(request)).messages.with_raw_response.create(**params)
+            reply = raw.parse()
+        return self._reply(reply, raw.headers, params["model"])
+
+    async def agenerate(self, request: GenerationRequest) -> Generation:
+        params = self._params(request)
+        with self._sdk_errors():
+            raw = await self.aclient.with_options(timeout=self._timeout(request)).messages.with_raw_response.create(
+                **params)
+            reply = await raw.parse()
+        return self._reply(reply, raw.headers, params["model"])
 
     def stream(self, request: GenerationRequest, should_stop: ShouldStop) -> Iterator[str | Generation]:
         params = self._params(request)
-        client = self.client.with_options(timeout=min(request.timeout_s, self.config.timeout_s))
+        client = self.client.with_options(timeout=self._timeout(request))
         with self._sdk_errors(), client.messages.stream(**params) as stream:
             limits = anthropic_rate_limits(stream.response.headers)
             for text in stream.text_stream:
@@ -134,9 +160,20 @@ class AnthropicProvider(Provider, BatchAPI):
                     return
                 yield text
             final = stream.get_final_message()
-        yield Generation(self.name, final.model or params["model"],
-                         text="".join(getattr(b, "text", "") for b in final.content or []),
-                         usage=_usage(final.usage), finish_reason=final.stop_reason, rate_limits=limits)
+        yield self._final(final, params["model"], limits)
+
+    async def astream(self, request: GenerationRequest, should_stop: ShouldStop) -> AsyncIterator[str | Generation]:
+        params = self._params(request)
+        client = self.aclient.with_options(timeout=self._timeout(request))
+        with self._sdk_errors():
+            async with client.messages.stream(**params) as stream:
+                limits = anthropic_rate_limits(stream.response.headers)
+                async for text in stream.text_stream:
+                    if should_stop():
+                        return
+                    yield text
+                final = await stream.get_final_message()
+        yield self._final(final, params["model"], limits)
 
     def check(self) -> None:
         self.generate(GenerationRequest("text_generation", {"prompt": "ping", "max_tokens": 1}, timeout_s=10))

@@ -6,9 +6,10 @@ ending in a `Generation`) and raises only the error tree of `aiintegration.error
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence, Set
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -109,7 +110,9 @@ class Generation:
 
 
 class Provider:
-    """Base adapter. Subclasses set `kind` and `capabilities` and implement `generate`."""
+    """Base adapter. Subclasses set `kind` and `capabilities` and implement `generate`, and
+    `agenerate` with their SDK's async client: workers make every call through the async pair,
+    on one event loop per process, so that a cancelled or overdue call is really stopped."""
 
     kind: ClassVar[str] = ""
     capabilities: ClassVar[frozenset[str]] = frozenset(TASK_TYPES)
@@ -137,6 +140,20 @@ class Provider:
         """Yield text deltas, then the final `Generation`. Adapters with a streaming API
         override this and check `should_stop()` between chunks."""
         generation = self.generate(request)
+        if generation.text:
+            yield generation.text
+        yield generation
+
+    async def agenerate(self, request: GenerationRequest) -> Generation:
+        """`generate`, awaited on the worker's event loop. This fallback runs it in a thread,
+        which a cancel cannot stop: adapters override it."""
+        generation: Generation = await asyncio.to_thread(self.generate, request)
+        return generation
+
+    async def astream(self, request: GenerationRequest, should_stop: ShouldStop) -> AsyncIterator[str | Generation]:
+        """`stream`, awaited: text deltas, then the final `Generation`. Adapters with a streaming
+        API override it; cancelling the consumer's task closes the stream."""
+        generation = await self.agenerate(request)
         if generation.text:
             yield generation.text
         yield generation

@@ -1,19 +1,21 @@
 """The built-in `local` provider: deterministic answers with no key and no network.
 
 Same request → same text, same PNG. `latency_ms` (config `extra`, or AII_LOCAL_LATENCY_MS)
-simulates a slow provider for benchmarks and crash tests; the sleep is cut short when the
-caller stops, so cancellation behaves as with a real streaming provider.
+simulates a slow provider for benchmarks and crash tests. Workers call `agenerate`/`astream`,
+whose waits are `asyncio.sleep` on the same event loop as the SDK adapters' requests (a
+cancel stops them the same way); the blocking pair cuts its sleep short when the caller stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 from aiintegration.providers.base import Generation, GenerationRequest, Provider, ShouldStop, Usage
 
@@ -71,9 +73,7 @@ class LocalProvider(Provider):
         while (left := end - time.monotonic()) > 0 and not should_stop():
             time.sleep(min(left, 0.05))
 
-    def generate(self, request: GenerationRequest) -> Generation:
-        if self.latency_s:
-            time.sleep(self.latency_s)
+    def _answer(self, request: GenerationRequest) -> Generation:
         model = self.model_for(request)
         if request.task_type == "image_generation":
             png = tiny_png(self._digest(request))
@@ -81,21 +81,44 @@ class LocalProvider(Provider):
         words = self._words(request)
         return Generation(self.name, model, text=" ".join(words), usage=self._usage(request, len(words)), finish_reason="stop")
 
+    def generate(self, request: GenerationRequest) -> Generation:
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        return self._answer(request)
+
+    async def agenerate(self, request: GenerationRequest) -> Generation:
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        return self._answer(request)
+
+    def _pieces(self, request: GenerationRequest) -> tuple[list[str], float]:
+        """The answer's deltas and the pause before each."""
+        words = self._words(request)
+        return [word if i == 0 else " " + word for i, word in enumerate(words)], self.latency_s / len(words)
+
     def stream(self, request: GenerationRequest, should_stop: ShouldStop = _never) -> Iterator[str | Generation]:
         if request.task_type == "image_generation":
             yield self.generate(request)
             return
-        words = self._words(request)
-        pause = self.latency_s / len(words)
-        for i, word in enumerate(words):
+        pieces, pause = self._pieces(request)
+        for piece in pieces:
             self._wait(pause, should_stop)
             if should_stop():
                 return
-            yield word if i == 0 else " " + word
-        yield Generation(
-            self.name, self.model_for(request), text=" ".join(words),
-            usage=self._usage(request, len(words)), finish_reason="stop",
-        )
+            yield piece
+        yield self._answer(request)
+
+    async def astream(self, request: GenerationRequest, should_stop: ShouldStop = _never) -> AsyncIterator[str | Generation]:
+        if request.task_type == "image_generation":
+            yield await self.agenerate(request)
+            return
+        pieces, pause = self._pieces(request)
+        for piece in pieces:
+            await asyncio.sleep(pause)
+            if should_stop():
+                return
+            yield piece
+        yield self._answer(request)
 
     def check(self) -> None:
         return None

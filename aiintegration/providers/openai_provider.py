@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterator, Sequence, Set
+from collections.abc import AsyncIterator, Iterator, Sequence, Set
 from contextlib import AbstractContextManager
 from typing import Any, Final, Literal
 
@@ -11,6 +12,7 @@ import openai
 
 from aiintegration import errors
 from aiintegration.domain.providers import ProviderConfig
+from aiintegration.domain.quotas import RateLimitInfo
 from aiintegration.providers.base import (
     CLOCK_SLACK_S,
     BatchAPI,
@@ -94,6 +96,28 @@ def _batch(found: Any) -> ProviderBatch:
                          failure=failure, files=files)
 
 
+class _Answer:
+    """What a chat completion stream has said so far."""
+
+    def __init__(self, model: str) -> None:
+        self.model, self.usage = model, Usage()
+        self.finish: str | None = None
+        self.parts: list[str] = []
+
+    def take(self, chunk: Any) -> list[str]:
+        """One chunk's text deltas (ValueError when it is malformed)."""
+        self.model, usage, finish, texts = _chunk(chunk, self.model)
+        self.usage, self.finish = usage or self.usage, finish or self.finish
+        self.parts.extend(texts)
+        return texts
+
+    def generation(self, provider: str, limits: RateLimitInfo | None) -> Generation:
+        if self.finish is None:
+            raise errors.ProviderUnavailable("the stream ended without a finish reason", provider=provider)
+        return Generation(provider, self.model, text="".join(self.parts), usage=self.usage, finish_reason=self.finish,
+                          rate_limits=limits)
+
+
 class OpenAIProvider(Provider, BatchAPI):
     kind = "openai"
     default_models = {"text_generation": "gpt-4o-mini", "chat_completion": "gpt-4o-mini",
@@ -112,21 +136,27 @@ class OpenAIProvider(Provider, BatchAPI):
         system, messages = request.system_and_messages()
         return ([{"role": "system", "content": system}] if system else []) + messages
 
-    def generate(self, request: GenerationRequest) -> Generation:
-        client = self.client.with_options(timeout=min(request.timeout_s, self.config.timeout_s))
-        model = self.model_for(request)
-        with self._sdk_errors():
-            if request.task_type == "image_generation":
-                raw_image = client.images.with_raw_response.generate(
-                    model=model, prompt=str(request.content["prompt"]), n=1,
-                    size=request.content.get("size", "1024x1024"), response_format="b64_json")
-                data = raw_image.parse().data or []
-                return Generation(self.name, model, images=tuple(
-                    {"b64_png": d.b64_json} if d.b64_json else {"url": d.url or ""} for d in data),
-                    rate_limits=openai_rate_limits(raw_image.headers))
-            raw = client.chat.completions.with_raw_response.create(model=model, messages=self._messages(request),
-                                                                   max_tokens=request.max_tokens)
-            reply = raw.parse()
+    @functools.cached_property
+    def aclient(self) -> openai.AsyncOpenAI:
+        """The async twin of `client`, for workers' calls: made on first use, on the worker's
+        event loop (the web process never needs one)."""
+        return openai.AsyncOpenAI(api_key=self.config.api_key or "not-configured", base_url=self.config.base_url,
+                                  max_retries=0, timeout=self.config.timeout_s)
+
+    def _timeout(self, request: GenerationRequest) -> float:
+        return min(request.timeout_s, self.config.timeout_s)
+
+    def _image_params(self, request: GenerationRequest, model: str) -> dict[str, Any]:
+        return {"model": model, "prompt": str(request.content["prompt"]), "n": 1,
+                "size": request.content.get("size", "1024x1024"), "response_format": "b64_json"}
+
+    def _image(self, raw: Any, model: str) -> Generation:
+        data = raw.parse().data or []
+        return Generation(self.name, model, images=tuple(
+            {"b64_png": d.b64_json} if d.b64_json else {"url": d.url or ""} for d in data),
+            rate_limits=openai_rate_limits(raw.headers))
+
+    def _reply(self, reply: Any, headers: Any, model: str) -> Generation:
         try:
             choice = reply.choices[0]
         except (IndexError, TypeError, AttributeError):
@@ -135,7 +165,35 @@ class OpenAIProvider(Provider, BatchAPI):
             raise errors.ContentRejected("the provider filtered the answer", provider=self.name)
         return Generation(self.name, reply.model or model, text=choice.message.content or "",
                           usage=_usage(reply.usage.model_dump()) if reply.usage else Usage(),
-                          finish_reason=choice.finish_reason, rate_limits=openai_rate_limits(raw.headers))
+                          finish_reason=choice.finish_reason, rate_limits=openai_rate_limits(headers))
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        client = self.client.with_options(timeout=self._timeout(request))
+        model = self.model_for(request)
+        with self._sdk_errors():
+            if request.task_type == "image_generation":
+                return self._image(client.images.with_raw_response.generate(**self._image_params(request, model)),
+                                   model)
+            raw = client.chat.completions.with_raw_response.create(model=model, messages=self._messages(request),
+                                                                   max_tokens=request.max_tokens)
+            reply = raw.parse()
+        return self._reply(reply, raw.headers, model)
+
+    async def agenerate(self, request: GenerationRequest) -> Generation:
+        client = self.aclient.with_options(timeout=self._timeout(request))
+        model = self.model_for(request)
+        with self._sdk_errors():
+            if request.task_type == "image_generation":
+                return self._image(await client.images.with_raw_response.generate(
+                    **self._image_params(request, model)), model)
+            raw = await client.chat.completions.with_raw_response.create(
+                model=model, messages=self._messages(request), max_tokens=request.max_tokens)
+            reply = raw.parse()
+        return self._reply(reply, raw.headers, model)
+
+    def _stream_body(self, request: GenerationRequest) -> dict[str, Any]:
+        return {"model": self.model_for(request), "messages": self._messages(request),
+                "max_tokens": request.max_tokens, "stream": True, "stream_options": {"include_usage": True}}
 
     def stream(self, request: GenerationRequest, should_stop: ShouldStop) -> Iterator[str | Generation]:
         """The chat completions streaming API through the SDK's own request, SSE decoding and
@@ -145,29 +203,37 @@ class OpenAIProvider(Provider, BatchAPI):
         if request.task_type == "image_generation":
             yield self.generate(request)
             return
-        client = self.client.with_options(timeout=min(request.timeout_s, self.config.timeout_s))
-        model = self.model_for(request)
-        body = {"model": model, "messages": self._messages(request), "max_tokens": request.max_tokens,
-                "stream": True, "stream_options": {"include_usage": True}}
-        parts: list[str] = []
-        usage, finish, served_model = Usage(), None, model
+        client = self.client.with_options(timeout=self._timeout(request))
+        answer = _Answer(self.model_for(request))
         with self._sdk_errors():
-            stream = client.post("/chat/completions", body=body, cast_to=object, stream=True,
+            stream = client.post("/chat/completions", body=self._stream_body(request), cast_to=object, stream=True,
                                  stream_cls=openai.Stream[object])
             limits = openai_rate_limits(stream.response.headers)
             with stream:
                 for chunk in stream:
                     if should_stop():
                         return
-                    served_model, chunk_usage, chunk_finish, texts = _chunk(chunk, served_model)
-                    usage, finish = chunk_usage or usage, chunk_finish or finish
-                    for text in texts:
-                        parts.append(text)
+                    yield from answer.take(chunk)
+        yield answer.generation(self.name, limits)
+
+    async def astream(self, request: GenerationRequest, should_stop: ShouldStop) -> AsyncIterator[str | Generation]:
+        """`stream` through the async client (the same request and chunk handling)."""
+        if request.task_type == "image_generation":
+            yield await self.agenerate(request)
+            return
+        client = self.aclient.with_options(timeout=self._timeout(request))
+        answer = _Answer(self.model_for(request))
+        with self._sdk_errors():
+            stream = await client.post("/chat/completions", body=self._stream_body(request), cast_to=object,
+                                       stream=True, stream_cls=openai.AsyncStream[object])
+            limits = openai_rate_limits(stream.response.headers)
+            async with stream:
+                async for chunk in stream:
+                    if should_stop():
+                        return
+                    for text in answer.take(chunk):
                         yield text
-        if finish is None:
-            raise errors.ProviderUnavailable("the stream ended without a finish reason", provider=self.name)
-        yield Generation(self.name, served_model, text="".join(parts), usage=usage, finish_reason=finish,
-                         rate_limits=limits)
+        yield answer.generation(self.name, limits)
 
     def check(self) -> None:
         with self._sdk_errors():

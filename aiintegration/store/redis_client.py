@@ -10,6 +10,7 @@ from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlparse
 
 import redis
+from redis.driver_info import DriverInfo
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 _clients: dict[tuple[str, bool], redis.Redis] = {}
@@ -110,6 +111,20 @@ def _from_sentinel_url(url: str, **pool_options: Any) -> redis.Redis:
     return client
 
 
+def _driver_info() -> DriverInfo:
+    """What each connection tells the server about its client (CLIENT SETINFO), looked up
+    once: redis-py 8 reads its own version from the package metadata for every connection it
+    builds unless given this (0.34 ms of CPU per connection, 0.03 ms with it, measured here),
+    and a worker with 1,000 threads opens hundreds of connections in its first seconds."""
+    global _driver
+    if _driver is None:
+        _driver = DriverInfo()
+    return _driver
+
+
+_driver: DriverInfo | None = None
+
+
 def get_redis(url: str, *, max_connections: int = 1000, pool_timeout_s: float = 5.0,
               decode_responses: bool = True) -> redis.Redis:
     """A shared client for `url` (redis://, rediss://, unix:// or sentinel://), answering str
@@ -121,7 +136,8 @@ def get_redis(url: str, *, max_connections: int = 1000, pool_timeout_s: float = 
     Commands time out after redis-py's default 5 s socket timeout, so a blocking read must
     block for less than that."""
     options = {"max_connections": max_connections, "timeout": pool_timeout_s, "decode_responses": decode_responses,
-               "health_check_interval": 30, "socket_keepalive": True, "retry_on_timeout": True}
+               "health_check_interval": 30, "socket_keepalive": True, "retry_on_timeout": True,
+               "driver_info": _driver_info()}
     with _lock:
         client = _clients.get((url, decode_responses))
         if client is None:

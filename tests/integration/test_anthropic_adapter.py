@@ -9,6 +9,9 @@ from aiintegration.domain.providers import ProviderConfig
 from aiintegration.providers import build_provider
 from aiintegration.providers.base import GenerationRequest
 from tests.fake_provider import FakeProvider, Fault
+from tests.support.calls import MODES, generate, stream
+
+mode = pytest.mark.parametrize("mode", MODES)
 
 KEY = "sk-ant-test-LEAKCHECK-1234567890"
 
@@ -25,9 +28,10 @@ def chat():
                                                               {"role": "user", "content": "hi there"}]}, timeout_s=5)
 
 
-def test_messages_answer_in_our_result_shape_with_the_system_prompt_apart(claude):
+@mode
+def test_messages_answer_in_our_result_shape_with_the_system_prompt_apart(claude, mode):
     server, provider = claude
-    result = provider.generate(chat()).to_result()
+    result = generate(provider, chat(), mode).to_result()
     assert result["text"].startswith("word0")
     assert result["usage"] == {"input_tokens": 2, "output_tokens": 6, "cached_input_tokens": 0}
     body = server.requests[-1]["body"]
@@ -36,8 +40,9 @@ def test_messages_answer_in_our_result_shape_with_the_system_prompt_apart(claude
     assert headers.get("x-api-key") == KEY or headers.get("authorization") == f"Bearer {KEY}"
 
 
-def test_streaming_yields_deltas_then_the_final_message(claude):
-    *deltas, final = list(claude[1].stream(chat(), lambda: False))
+@mode
+def test_streaming_yields_deltas_then_the_final_message(claude, mode):
+    *deltas, final = list(stream(claude[1], chat(), lambda: False, mode))
     assert "".join(deltas) == final.text and final.usage.output_tokens == 6
 
 
@@ -46,15 +51,17 @@ def test_streaming_yields_deltas_then_the_final_message(claude):
                                          (Fault(status=400, message="messages: roles must alternate"),
                                           errors.InvalidRequest),
                                          (Fault(status=401), errors.AuthenticationFailed)])
-def test_faults_map_onto_the_error_tree_without_the_key(claude, fault, error):
+@mode
+def test_faults_map_onto_the_error_tree_without_the_key(claude, fault, error, mode):
     claude[0].script(fault)
     with pytest.raises(error) as caught:
-        claude[1].generate(chat())
+        generate(claude[1], chat(), mode)
     assert KEY not in str(caught.value.to_dict())
 
 
-def test_images_are_an_unsupported_capability_that_the_router_skips(claude):
+@mode
+def test_images_are_an_unsupported_capability_that_the_router_skips(claude, mode):
     provider = claude[1]
     assert "image_generation" not in provider.capabilities
     with pytest.raises(errors.UnsupportedCapability):
-        provider.generate(GenerationRequest("image_generation", {"prompt": "x"}, timeout_s=5))
+        generate(provider, GenerationRequest("image_generation", {"prompt": "x"}, timeout_s=5), mode)

@@ -12,6 +12,9 @@ from aiintegration.domain.providers import ProviderConfig
 from aiintegration.providers import build_provider
 from aiintegration.providers.base import GenerationRequest
 from tests.fake_provider import FakeProvider, Fault
+from tests.support.calls import MODES, generate, stream
+
+mode = pytest.mark.parametrize("mode", MODES)
 
 KEY = "sk-test-LEAKCHECK-1234567890"
 
@@ -30,45 +33,50 @@ def text(timeout_s=5.0):
     return GenerationRequest("text_generation", {"prompt": "hello there", "system": "be kind"}, timeout_s=timeout_s)
 
 
-def test_text_chat_and_image_come_back_in_our_result_shape(fake):
+@mode
+def test_text_chat_and_image_come_back_in_our_result_shape(fake, mode):
     p = provider(fake)
-    result = p.generate(text()).to_result()
+    result = generate(p, text(), mode).to_result()
     assert result["text"] == "word0 word1 word2 word3 word4 word5" and result["usage"]["output_tokens"] == 6
     assert fake.requests[-1]["headers"]["authorization"] == f"Bearer {KEY}"
     assert fake.requests[-1]["body"]["messages"][0] == {"role": "system", "content": "be kind"}
-    image = p.generate(GenerationRequest("image_generation", {"prompt": "a cat"}, timeout_s=5)).to_result()
+    image = generate(p, GenerationRequest("image_generation", {"prompt": "a cat"}, timeout_s=5), mode).to_result()
     assert image["images"][0]["b64_png"]
 
 
-def test_streaming_yields_deltas_then_the_final_generation(fake):
-    pieces = list(provider(fake).stream(text(), lambda: False))
+@mode
+def test_streaming_yields_deltas_then_the_final_generation(fake, mode):
+    pieces = list(stream(provider(fake), text(), lambda: False, mode))
     *deltas, final = pieces
     assert "".join(deltas) == final.text and final.usage.output_tokens == 6 and final.finish_reason == "stop"
 
 
-def test_a_stream_cut_midway_is_a_transient_failure_after_the_first_deltas(fake):
+@mode
+def test_a_stream_cut_midway_is_a_transient_failure_after_the_first_deltas(fake, mode):
     fake.script(Fault(drop_after=2))
     seen = []
     with pytest.raises(errors.ProviderUnavailable):
-        for piece in provider(fake).stream(text(), lambda: False):
+        for piece in stream(provider(fake), text(), lambda: False, mode):
             seen.append(piece)
     assert seen == ["word0", " word1"]
 
 
 @pytest.mark.parametrize("fault", [Fault(error_after=2, message="overloaded, try later"), Fault(garbage_after=2)])
-def test_an_error_event_or_a_malformed_chunk_midstream_is_a_transient_failure(fake, fault):
+@mode
+def test_an_error_event_or_a_malformed_chunk_midstream_is_a_transient_failure(fake, fault, mode):
     fake.script(fault)
     seen = []
     with pytest.raises(errors.ProviderUnavailable) as caught:
-        for piece in provider(fake).stream(text(), lambda: False):
+        for piece in stream(provider(fake), text(), lambda: False, mode):
             seen.append(piece)
     assert seen == ["word0", " word1"] and caught.value.retryable and KEY not in str(caught.value)
 
 
-def test_streaming_sends_the_chat_completions_request_and_reads_model_and_usage(fake):
-    *_, final = provider(fake).stream(GenerationRequest("chat_completion", {"messages": [
+@mode
+def test_streaming_sends_the_chat_completions_request_and_reads_model_and_usage(fake, mode):
+    *_, final = stream(provider(fake), GenerationRequest("chat_completion", {"messages": [
         {"role": "system", "content": "ctx"}, {"role": "user", "content": "hi there"}], "max_tokens": 50},
-        timeout_s=5, model="m-1"), lambda: False)
+        timeout_s=5, model="m-1"), lambda: False, mode)
     body = fake.requests[-1]["body"]
     assert fake.requests[-1]["path"].endswith("/chat/completions")
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True} and body["max_tokens"] == 50
@@ -76,10 +84,11 @@ def test_streaming_sends_the_chat_completions_request_and_reads_model_and_usage(
     assert (final.model, final.usage.input_tokens, final.usage.output_tokens) == ("m-1", 3, 6)
 
 
-def test_a_stop_request_ends_a_slow_stream_quickly(fake):
+@mode
+def test_a_stop_request_ends_a_slow_stream_quickly(fake, mode):
     fake.default.chunk_delay_s = 0.3
     started = time.monotonic()
-    pieces = list(provider(fake).stream(text(), lambda: time.monotonic() - started > 0.4))
+    pieces = list(stream(provider(fake), text(), lambda: time.monotonic() - started > 0.4, mode))
     assert time.monotonic() - started < 1.5 and all(isinstance(p, str) for p in pieces)
 
 
@@ -93,10 +102,11 @@ def test_a_stop_request_ends_a_slow_stream_quickly(fake):
     (Fault(status=401, message="Incorrect API key provided"), errors.AuthenticationFailed, False),
     (Fault(status=400, code="content_policy_violation", message="rejected"), errors.ContentRejected, False),
 ])
-def test_each_fault_maps_onto_the_error_tree_without_the_key(fake, fault, error, retryable):
+@mode
+def test_each_fault_maps_onto_the_error_tree_without_the_key(fake, fault, error, retryable, mode):
     fake.script(fault)
     with pytest.raises(error) as caught:
-        provider(fake).generate(text())
+        generate(provider(fake), text(), mode)
     assert caught.value.retryable is retryable and caught.value.provider == "openai"
     assert KEY not in str(caught.value) and KEY not in repr(caught.value.to_dict())
     if isinstance(caught.value, errors.RateLimited):
@@ -112,10 +122,11 @@ def test_each_fault_maps_onto_the_error_tree_without_the_key(fake, fault, error,
     (Fault(status=401, message="Incorrect API key provided"), errors.AuthenticationFailed),
     (Fault(malformed=True), errors.ProviderUnavailable),
 ])
-def test_a_streaming_request_maps_each_fault_the_same_way(fake, fault, error):
+@mode
+def test_a_streaming_request_maps_each_fault_the_same_way(fake, fault, error, mode):
     fake.script(fault)
     with pytest.raises(error) as caught:
-        list(provider(fake).stream(text(), lambda: False))
+        list(stream(provider(fake), text(), lambda: False, mode))
     assert caught.value.provider == "openai" and KEY not in str(caught.value)
     if isinstance(caught.value, errors.RateLimited):
         assert caught.value.retry_after == 2.0
@@ -123,11 +134,12 @@ def test_a_streaming_request_maps_each_fault_the_same_way(fake, fault, error):
         assert "max_tokens is too large" in caught.value.message
 
 
-def test_a_provider_that_hangs_past_the_timeout_is_a_provider_timeout(fake):
+@mode
+def test_a_provider_that_hangs_past_the_timeout_is_a_provider_timeout(fake, mode):
     fake.script(Fault(status=200, delay_s=3))
     started = time.monotonic()
     with pytest.raises(errors.ProviderTimeout):
-        provider(fake).generate(text(timeout_s=0.5))
+        generate(provider(fake), text(timeout_s=0.5), mode)
     assert time.monotonic() - started < 2.5
 
 
