@@ -230,15 +230,18 @@ def measured(client: redis.Redis, pids: dict[str, list[int]]) -> Iterator[Cost]:
 
 def _cpu(pid: int) -> float:
     """A process's CPU seconds, or a whole process group's for a negative id."""
-    if pid >= 0:
-        return process_cpu(pid)
-    total = 0.0
+    return process_cpu(pid) if pid >= 0 else group_cpu(-pid)
+
+
+def group_cpu(group: int) -> float:
+    """User+system CPU seconds of every live process in process group `group` (Linux /proc)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[2]) == -pid:
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            if int(fields[2]) == group:
+                total += (int(fields[11]) + int(fields[12])) / tick
     return total

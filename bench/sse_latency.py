@@ -35,6 +35,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.redis_counts import group_cpu  # noqa: E402
 from bench.throughput import stop  # noqa: E402  (re-exported for bench/submit_latency.py)
 
 TOKEN = "bench-token-0123456789"
@@ -76,20 +77,6 @@ def wait_http(url: str, log: Path, timeout_s: float = 60) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{url} never answered 200:\n{log.read_text(errors='replace')[-2000:]}")
-
-
-def cpu_seconds(group: int) -> float:
-    """User+system CPU seconds of every live process in process group `group` (Linux /proc)."""
-    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == group:
-                total += (int(fields[11]) + int(fields[12])) / tick
-    return total
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -273,16 +260,16 @@ def main() -> None:
             wait_log(web, tmp / "web.log", "Booting worker")
             wait_http(f"http://127.0.0.1:{port}/readyz", tmp / "web.log")
             procs = {"provider": fake, "worker": worker, "web": web}
-            before = {name: cpu_seconds(proc.pid) for name, proc in procs.items()}
+            before = {name: group_cpu(proc.pid) for name, proc in procs.items()}
             client_before = time.process_time()
             # A first round warms every worker thread, SDK client and connection pool up.
             spread_s = args.chunk_delay if args.spread else 0.0
             asyncio.run(run_clients(f"http://127.0.0.1:{port}", args.chats, args.timeout, spread_s))
-            before = {name: cpu_seconds(proc.pid) for name, proc in procs.items()}
+            before = {name: group_cpu(proc.pid) for name, proc in procs.items()}
             client_before = time.process_time()
             samples, counts, elapsed = asyncio.run(run_clients(f"http://127.0.0.1:{port}", args.chats, args.timeout,
                                                                spread_s))
-            cpu = {name: cpu_seconds(proc.pid) - before[name] for name, proc in procs.items()}
+            cpu = {name: group_cpu(proc.pid) - before[name] for name, proc in procs.items()}
             cpu["client"] = time.process_time() - client_before
         finally:
             for proc in (web, worker, fake):
