@@ -8,6 +8,7 @@ completions with and without streaming, images, models, files and batches) and A
     server.default = Behaviour(fail_rate={500: 0.3})                              # afterwards
     server.default = Behaviour(delay_s=1, delay_max_s=3)       # each answer after 1-3 s (uniform, seeded)
     base_url = server.base_url   # http://127.0.0.1:PORT/v1 (the anthropic SDK wants it without /v1)
+    server.peak_in_flight        # the most POSTs answered at once (server.reset_peak() starts over)
 
 Account rate limits (tests/fake_limits.py), off unless set, changeable at run time:
 
@@ -163,6 +164,8 @@ class FakeProvider:
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self.requests: list[dict[str, Any]] = []
+        self.in_flight = 0  # POSTs being answered right now
+        self.peak_in_flight = 0  # the most at once since the last reset_peak()
         self.server = _Server(("127.0.0.1", 0), self._handler())
 
     @property
@@ -192,6 +195,15 @@ class FakeProvider:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def reset_peak(self) -> None:
+        with self._lock:
+            self.peak_in_flight = self.in_flight
+
+    def _entered(self, delta: int) -> None:
+        with self._lock:
+            self.in_flight += delta
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
 
     def script(self, *behaviours: Any) -> None:
         with self._lock:
@@ -288,6 +300,13 @@ class FakeProvider:
                     self._send(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
 
             def do_POST(self) -> None:  # noqa: N802
+                fake._entered(+1)
+                try:
+                    self._post()
+                finally:
+                    fake._entered(-1)
+
+            def _post(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 if self.path.rstrip("/").endswith("/messages/batches") and length > fake.batch_limits.anthropic_max_bytes:
                     self._begin({"bytes": length})
