@@ -73,6 +73,7 @@ class AttemptRunner:
         self._lock = threading.Lock()
         self._watchdog: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
 
     def run(self, attempt: Attempt, call: Call[T], on_delta: OnDelta | None = None) -> Outcome[T]:
         """Run `call(attempt)` on the event loop and wait for it here; the deltas it emits are
@@ -94,6 +95,10 @@ class AttemptRunner:
             except queue.Empty:
                 attempt.stop("timed_out")
                 continue
+            if attempt.stop_reason is None and time.time() >= attempt.deadline:
+                # Past the deadline, whatever is queued (deltas not yet written, or the error of a
+                # stream that ended because should_stop() said so) is not the attempt's outcome.
+                attempt.stop("timed_out")
             if attempt.stop_reason:  # a late answer after a cancel is discarded
                 return Outcome(stopped=attempt.stop_reason)
             if kind == _DELTA:
@@ -118,9 +123,10 @@ class AttemptRunner:
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="aii-calls", daemon=True).start()
+            if self._loop is None or self._loop_thread is None or not self._loop_thread.is_alive():
+                loop = asyncio.new_event_loop()  # the first call's, or a new one if that thread ever ended
+                self._loop_thread = threading.Thread(target=loop.run_forever, name="aii-calls", daemon=True)
+                self._loop_thread.start()
                 self._loop = loop
             return self._loop
 
