@@ -81,31 +81,18 @@ task_send_sent_event = os.environ.get("AII_TASK_SENT_EVENTS", "0") == "1"
 worker_hijack_root_logger = False
 worker_cancel_long_running_tasks_on_connection_loss = False
 
+
+def _sweep(task: str, every_s: float) -> dict[str, object]:
+    """A beat entry: the sweep every `every_s`, ahead of generation work, and dropped if it
+    waits longer than one period (the next one is on its way)."""
+    return {"task": task, "schedule": every_s, "options": {"priority": 0, "expires": every_s}}
+
+
 beat_schedule = {
-    "process-pending-tasks": {
-        "task": "aiintegration.process_pending_tasks",
-        "schedule": _s.pending_interval_s,
-        "options": {"priority": 0, "expires": _s.pending_interval_s},
-    },
-    "cleanup-timed-out-tasks": {
-        "task": "aiintegration.cleanup_timed_out_tasks",
-        "schedule": _s.cleanup_interval_s,
-        "options": {"priority": 0, "expires": _s.cleanup_interval_s},
-    },
-    "process-dead-letter-queue": {
-        "task": "aiintegration.process_dead_letter_queue",
-        "schedule": _s.dlq_interval_s,
-        "options": {"priority": 0, "expires": _s.dlq_interval_s},
-    },
+    "process-pending-tasks": _sweep("aiintegration.process_pending_tasks", _s.pending_interval_s),
+    "cleanup-timed-out-tasks": _sweep("aiintegration.cleanup_timed_out_tasks", _s.cleanup_interval_s),
+    "process-dead-letter-queue": _sweep("aiintegration.process_dead_letter_queue", _s.dlq_interval_s),
     # the batch lane: submit what is due, poll what was submitted
-    "collect-batches": {
-        "task": "aiintegration.collect_batches",
-        "schedule": _s.batch_interval_s,
-        "options": {"priority": 0, "expires": _s.batch_interval_s},
-    },
-    "poll-batches": {
-        "task": "aiintegration.poll_batches",
-        "schedule": _s.batch_interval_s,
-        "options": {"priority": 0, "expires": _s.batch_interval_s},
-    },
+    "collect-batches": _sweep("aiintegration.collect_batches", _s.batch_interval_s),
+    "poll-batches": _sweep("aiintegration.poll_batches", _s.batch_interval_s),
 }

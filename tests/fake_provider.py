@@ -51,6 +51,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from aiintegration.domain.providers import ProviderConfig
 from aiintegration.providers.local import tiny_png
 from tests.fake_batches import (
     AnthropicBatches,
@@ -171,6 +172,13 @@ class FakeProvider:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def configs(self, *, openai_key: str, anthropic_key: str, timeout_s: float = 5.0) -> tuple[ProviderConfig, ...]:
+        """The `openai` and `anthropic` providers, both pointed at this server (the anthropic SDK
+        appends /v1 itself)."""
+        return (ProviderConfig("openai", "openai", api_key=openai_key, base_url=self.base_url, timeout_s=timeout_s),
+                ProviderConfig("anthropic", "anthropic", api_key=anthropic_key,
+                               base_url=self.base_url.removesuffix("/v1"), timeout_s=timeout_s))
 
     @property
     def batch_records(self) -> list[BatchRecord]:

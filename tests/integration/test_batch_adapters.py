@@ -13,7 +13,7 @@ import pytest
 
 from aiintegration import errors
 from aiintegration.providers import build_provider
-from aiintegration.providers.base import BatchRequest, GenerationRequest, ProviderConfig
+from aiintegration.providers.base import BatchRequest, GenerationRequest
 from tests.fake_provider import BatchBehaviour, FakeProvider
 
 OPENAI_KEY = "sk-LEAKCHECK-adapter-openai-0123456789"
@@ -27,10 +27,8 @@ def fake():
 
 
 def adapters(fake):
-    gpt = build_provider(ProviderConfig("openai", "openai", api_key=OPENAI_KEY, base_url=fake.base_url, timeout_s=5))
-    claude = build_provider(ProviderConfig("anthropic", "anthropic", api_key=ANTHROPIC_KEY,
-                                           base_url=fake.base_url.removesuffix("/v1"), timeout_s=5))
-    return gpt, claude
+    gpt, claude = fake.configs(openai_key=OPENAI_KEY, anthropic_key=ANTHROPIC_KEY)
+    return build_provider(gpt), build_provider(claude)
 
 
 def requests(*ids):

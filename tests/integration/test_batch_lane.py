@@ -14,7 +14,6 @@ import time
 import pytest
 
 from aiintegration.domain.pricing import estimate_cost
-from aiintegration.domain.providers import ProviderConfig
 from tests.fake_provider import BatchBehaviour, FakeProvider
 from tests.support import Beat, Worker, events_of, wait_for, wait_status
 
@@ -29,10 +28,8 @@ MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-5-5"}
 @pytest.fixture(scope="module")
 def lane(ctx, db):
     with FakeProvider(seed=13) as server:
-        ctx.providers.put(ProviderConfig("openai", "openai", api_key=OPENAI_KEY, base_url=server.base_url,
-                                         timeout_s=5))
-        ctx.providers.put(ProviderConfig("anthropic", "anthropic", api_key=ANTHROPIC_KEY,
-                                         base_url=server.base_url.removesuffix("/v1"), timeout_s=5))
+        for config in server.configs(openai_key=OPENAI_KEY, anthropic_key=ANTHROPIC_KEY):
+            ctx.providers.put(config)
         ctx.providers.set_order(["local", "openai", "anthropic"])  # realtime work stays on local
         with Worker(db, concurrency=8, env=LANE_ENV) as worker, Beat(db, env=LANE_ENV, name="beat"):
             yield server, worker

@@ -21,7 +21,6 @@ from aiintegration.commands.sweeps import process_pending_tasks
 from aiintegration.config import Settings
 from aiintegration.domain.batching import parse_policy
 from aiintegration.domain.pricing import estimate_cost
-from aiintegration.domain.providers import ProviderConfig
 from aiintegration.web import create_app
 from tests.conftest import TOKEN
 from tests.fake_provider import BatchBehaviour, FakeProvider
@@ -42,9 +41,8 @@ def lctx(db, fake):
     settings = Settings.from_env({**os.environ, "REDIS_URL": redis_url(db)})
     settings = replace(settings, batch_max_wait_s=0.0, batch_interval_s=0.2, batch_max_requests=50)
     ctx = Context.build(settings, RecordingPublisher())
-    ctx.providers.put(ProviderConfig("openai", "openai", api_key=OPENAI_KEY, base_url=fake.base_url, timeout_s=5))
-    ctx.providers.put(ProviderConfig("anthropic", "anthropic", api_key=ANTHROPIC_KEY,
-                                     base_url=fake.base_url.removesuffix("/v1"), timeout_s=5))
+    for config in fake.configs(openai_key=OPENAI_KEY, anthropic_key=ANTHROPIC_KEY):
+        ctx.providers.put(config)
     ctx.providers.set_order(["openai", "anthropic", "local"])
     ctx.router.invalidate()
     return ctx

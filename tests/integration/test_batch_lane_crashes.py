@@ -11,7 +11,6 @@ from collections import Counter
 
 import pytest
 
-from aiintegration.domain.providers import ProviderConfig
 from tests.fake_provider import BatchBehaviour, FakeProvider
 from tests.support import Beat, Worker, events_of, wait_for
 
@@ -26,10 +25,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def fake(ctx, db):
     with FakeProvider(seed=17) as server:
-        ctx.providers.put(ProviderConfig("openai", "openai", api_key=OPENAI_KEY, base_url=server.base_url,
-                                         timeout_s=5))
-        ctx.providers.put(ProviderConfig("anthropic", "anthropic", api_key=ANTHROPIC_KEY,
-                                         base_url=server.base_url.removesuffix("/v1"), timeout_s=5))
+        for config in server.configs(openai_key=OPENAI_KEY, anthropic_key=ANTHROPIC_KEY):
+            ctx.providers.put(config)
         ctx.providers.set_order(["local", "openai", "anthropic"])
         server.batch = BatchBehaviour(delay_s=0.4)
         with Beat(db, env=LANE_ENV, name="beat"):
