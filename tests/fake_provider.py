@@ -105,6 +105,7 @@ class Behaviour:
     hang_s: float = 10.0
     cached_tokens: int = 0  # a cached prompt prefix of this many tokens (see the module docstring)
     cache_creation_tokens: int = 0  # Anthropic: tokens written to the cache by this request
+    stop: str | None = None  # the finish/stop reason instead of "stop" / "end_turn" ("content_filter", "refusal")
 
     def delay(self, rng: random.Random) -> float:
         """Seconds before this answer: `delay_s`, or uniform up to `delay_max_s` when set."""
@@ -126,7 +127,7 @@ def chat_completion(body: dict[str, Any], behaviour: Behaviour) -> dict[str, Any
     words, prompt = _words(behaviour), _prompt_words(body) + behaviour.cached_tokens
     return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", "fake"), "choices": [
-                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": " ".join(words)}}],
+                {"index": 0, "finish_reason": behaviour.stop or "stop", "message": {"role": "assistant", "content": " ".join(words)}}],
             "usage": {"prompt_tokens": prompt, "completion_tokens": len(words), "total_tokens": prompt + len(words),
                       "prompt_tokens_details": {"cached_tokens": behaviour.cached_tokens}}}
 
@@ -135,7 +136,7 @@ def anthropic_message(body: dict[str, Any], behaviour: Behaviour) -> dict[str, A
     """The non-streaming Anthropic message the fake answers to `body` (realtime and in batches)."""
     words = _words(behaviour)
     return {"id": "msg_fake", "type": "message", "role": "assistant", "model": body.get("model"),
-            "stop_reason": "end_turn", "stop_sequence": None, "content": [{"type": "text", "text": " ".join(words)}],
+            "stop_reason": behaviour.stop or "end_turn", "stop_sequence": None, "content": [{"type": "text", "text": " ".join(words)}],
             "usage": {"input_tokens": _prompt_words(body), "output_tokens": len(words),
                       "cache_read_input_tokens": behaviour.cached_tokens,
                       "cache_creation_input_tokens": behaviour.cache_creation_tokens}}
@@ -443,7 +444,7 @@ class FakeProvider:
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
                 last = {**base, "object": "chat.completion.chunk",
-                        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": answer["choices"][0]["finish_reason"]}]}
                 tail = {**base, "object": "chat.completion.chunk", "choices": [], "usage": answer["usage"]}
                 self.wfile.write(f"data: {json.dumps(last)}\n\ndata: {json.dumps(tail)}\n\ndata: [DONE]\n\n".encode())
                 self.wfile.flush()
@@ -470,7 +471,7 @@ class FakeProvider:
                     event("content_block_delta", {"index": 0, "delta": {"type": "text_delta",
                                                                         "text": word if i == 0 else " " + word}})
                 event("content_block_stop", {"index": 0})
-                event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                event("message_delta", {"delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
                                         "usage": {"output_tokens": usage["output_tokens"]}})
                 event("message_stop", {})
                 self.close_connection = True

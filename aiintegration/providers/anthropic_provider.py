@@ -124,23 +124,21 @@ class AnthropicProvider(Provider, BatchAPI):
     def _timeout(self, request: GenerationRequest) -> float:
         return min(request.timeout_s, self.config.timeout_s)
 
-    def _reply(self, reply: Any, headers: Any, model: str) -> Generation:
-        text = "".join(getattr(block, "text", "") for block in reply.content or [])
-        if reply.stop_reason == "refusal":
+    def _message(self, message: Any, model: str, limits: RateLimitInfo | None = None) -> Generation:
+        """One Anthropic message as a Generation: a realtime reply, a stream's final message or
+        a batch item alike (a refusal is ContentRejected in all three)."""
+        if message.stop_reason == "refusal":
             raise errors.ContentRejected("the provider refused the request", provider=self.name)
-        return Generation(self.name, reply.model or model, text=text, usage=_usage(reply.usage),
-                          finish_reason=reply.stop_reason, rate_limits=anthropic_rate_limits(headers))
-
-    def _final(self, final: Any, model: str, limits: RateLimitInfo | None) -> Generation:
-        return Generation(self.name, final.model or model, text="".join(getattr(b, "text", "") for b in final.content or []),
-                          usage=_usage(final.usage), finish_reason=final.stop_reason, rate_limits=limits)
+        return Generation(self.name, message.model or model,
+                          text="".join(getattr(block, "text", "") for block in message.content or []),
+                          usage=_usage(message.usage), finish_reason=message.stop_reason, rate_limits=limits)
 
     def generate(self, request: GenerationRequest) -> Generation:
         params = self._params(request)
         with self._sdk_errors():
             raw = self.client.with_options(timeout=self._timeout(request)).messages.with_raw_response.create(**params)
             reply = raw.parse()
-        return self._reply(reply, raw.headers, params["model"])
+        return self._message(reply, params["model"], anthropic_rate_limits(raw.headers))
 
     async def agenerate(self, request: GenerationRequest) -> Generation:
         params = self._params(request)
@@ -148,7 +146,7 @@ class AnthropicProvider(Provider, BatchAPI):
             raw = await self.aclient.with_options(timeout=self._timeout(request)).messages.with_raw_response.create(
                 **params)
             reply = await raw.parse()
-        return self._reply(reply, raw.headers, params["model"])
+        return self._message(reply, params["model"], anthropic_rate_limits(raw.headers))
 
     def stream(self, request: GenerationRequest, should_stop: ShouldStop) -> Iterator[str | Generation]:
         params = self._params(request)
@@ -160,7 +158,7 @@ class AnthropicProvider(Provider, BatchAPI):
                     return
                 yield text
             final = stream.get_final_message()
-        yield self._final(final, params["model"], limits)
+        yield self._message(final, params["model"], limits)
 
     async def astream(self, request: GenerationRequest, should_stop: ShouldStop) -> AsyncIterator[str | Generation]:
         params = self._params(request)
@@ -173,18 +171,10 @@ class AnthropicProvider(Provider, BatchAPI):
                         return
                     yield text
                 final = await stream.get_final_message()
-        yield self._final(final, params["model"], limits)
+        yield self._message(final, params["model"], limits)
 
     def check(self) -> None:
         self.generate(GenerationRequest("text_generation", {"prompt": "ping", "max_tokens": 1}, timeout_s=10))
-
-    def _generation(self, reply: Any, model: str) -> Generation:
-        """A message of a batch's results, read as `generate` reads one."""
-        if reply.stop_reason == "refusal":
-            raise errors.ContentRejected("the provider refused the request", provider=self.name)
-        return Generation(self.name, reply.model or model, text="".join(getattr(b, "text", "") for b in reply.content or []),
-                          usage=Usage(reply.usage.input_tokens, reply.usage.output_tokens),
-                          finish_reason=reply.stop_reason)
 
     # Message Batches: one create request with every item (no upload, no metadata) -----------
     def batch_upload(self, ref: str, requests: Sequence[BatchRequest]) -> str | None:
@@ -225,7 +215,7 @@ class AnthropicProvider(Provider, BatchAPI):
         result = item.result
         if result.type == "succeeded":
             try:
-                return BatchOutcome(item.custom_id, generation=self._generation(result.message, ""))
+                return BatchOutcome(item.custom_id, generation=self._message(result.message, ""))
             except errors.AIIntegrationError as exc:
                 return BatchOutcome(item.custom_id, error=exc)
         if result.type == "errored":

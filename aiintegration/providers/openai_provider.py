@@ -96,6 +96,12 @@ def _batch(found: Any) -> ProviderBatch:
                          failure=failure, files=files)
 
 
+def _check_finish(finish: str | None, provider: str) -> None:
+    """A filtered answer is the request's fault, whichever way it came (reply, stream, batch)."""
+    if finish == "content_filter":
+        raise errors.ContentRejected("the provider filtered the answer", provider=provider)
+
+
 class _Answer:
     """What a chat completion stream has said so far."""
 
@@ -114,6 +120,7 @@ class _Answer:
     def generation(self, provider: str, limits: RateLimitInfo | None) -> Generation:
         if self.finish is None:
             raise errors.ProviderUnavailable("the stream ended without a finish reason", provider=provider)
+        _check_finish(self.finish, provider)
         return Generation(provider, self.model, text="".join(self.parts), usage=self.usage, finish_reason=self.finish,
                           rate_limits=limits)
 
@@ -161,8 +168,7 @@ class OpenAIProvider(Provider, BatchAPI):
             choice = reply.choices[0]
         except (IndexError, TypeError, AttributeError):
             raise errors.ProviderUnavailable("the provider sent no choices", provider=self.name) from None
-        if choice.finish_reason == "content_filter":
-            raise errors.ContentRejected("the provider filtered the answer", provider=self.name)
+        _check_finish(choice.finish_reason, self.name)
         return Generation(self.name, reply.model or model, text=choice.message.content or "",
                           usage=_usage(reply.usage.model_dump()) if reply.usage else Usage(),
                           finish_reason=choice.finish_reason, rate_limits=openai_rate_limits(headers))
@@ -320,11 +326,10 @@ class OpenAIProvider(Provider, BatchAPI):
             choice = body["choices"][0]
             usage = body.get("usage") or {}
             text, finish = choice["message"].get("content") or "", choice.get("finish_reason")
-            counted = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+            counted = _usage(usage)
         except (KeyError, IndexError, TypeError, AttributeError, ValueError):
             raise errors.ProviderUnavailable("the provider sent a malformed batch answer", provider=self.name) from None
-        if finish == "content_filter":
-            raise errors.ContentRejected("the provider filtered the answer", provider=self.name)
+        _check_finish(finish, self.name)
         return Generation(self.name, str(body.get("model") or ""), text=str(text), usage=counted, finish_reason=finish)
 
 

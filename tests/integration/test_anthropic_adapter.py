@@ -65,3 +65,12 @@ def test_images_are_an_unsupported_capability_that_the_router_skips(claude, mode
     assert "image_generation" not in provider.capabilities
     with pytest.raises(errors.UnsupportedCapability):
         generate(provider, GenerationRequest("image_generation", {"prompt": "x"}, timeout_s=5), mode)
+
+
+@mode
+def test_a_refusal_is_content_rejected_whether_answered_or_streamed(claude, mode):
+    claude[0].default.stop = "refusal"
+    with pytest.raises(errors.ContentRejected):
+        generate(claude[1], chat(), mode)
+    with pytest.raises(errors.ContentRejected):
+        list(stream(claude[1], chat(), lambda: False, mode))

@@ -87,3 +87,23 @@ def test_an_anthropic_batch_is_found_again_by_time_and_size_and_never_taken_from
     # tasks is in its results, they go back to the lane, and ours was never billed. The lane
     # keeps one unresolved submission per provider so that its own batches are never confused.
     assert claude.batch_find("ours", since=since, total=3, known={old.id}).id == foreign.id
+
+
+@pytest.mark.parametrize("which", ["openai", "anthropic"])
+def test_a_batch_item_counts_cached_prompt_tokens_as_a_realtime_answer_does(fake, which):
+    api = dict(zip(("openai", "anthropic"), adapters(fake), strict=True))[which]
+    fake.default.cached_tokens = 1000
+    realtime = api.generate(requests("r")[0].request)
+    batch = api.batch_create("ref-c", requests("a"), api.batch_upload("ref-c", requests("a")))
+    (outcome,) = api.batch_results(ended(api, batch.id))
+    assert outcome.generation.usage == realtime.usage
+    assert outcome.generation.usage.cached_input_tokens == 1000
+
+
+@pytest.mark.parametrize(("which", "stop"), [("openai", "content_filter"), ("anthropic", "refusal")])
+def test_a_refused_batch_item_is_content_rejected(fake, which, stop):
+    api = dict(zip(("openai", "anthropic"), adapters(fake), strict=True))[which]
+    fake.default.stop = stop
+    batch = api.batch_create("ref-r", requests("a"), api.batch_upload("ref-r", requests("a")))
+    (outcome,) = api.batch_results(ended(api, batch.id))
+    assert isinstance(outcome.error, errors.ContentRejected) and outcome.generation is None

@@ -161,3 +161,12 @@ def test_concurrent_slow_calls_through_one_provider_and_its_breaker_overlap(fake
         list(pool.map(one, range(8)))
     elapsed = time.monotonic() - started
     assert elapsed < 2.0, f"8 calls of 0.5 s took {elapsed:.2f}s: they were serialized"
+
+
+@mode
+def test_a_filtered_answer_is_content_rejected_whether_answered_or_streamed(fake, mode):
+    fake.default.stop = "content_filter"
+    with pytest.raises(errors.ContentRejected):
+        generate(provider(fake), text(), mode)
+    with pytest.raises(errors.ContentRejected):
+        list(stream(provider(fake), text(), lambda: False, mode))
