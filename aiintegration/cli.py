@@ -273,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     batches.add_argument("--limit", type=int, default=50)
     batches.set_defaults(func=cmd_batches)
     args = parser.parse_args(argv)
+    if args.func is cmd_dlq and args.action in ("review", "discard") and not args.task_id:
+        parser.error(f"dlq {args.action} needs a task id")
+    if args.func is cmd_dlq and args.action == "review" and not args.note:
+        parser.error('dlq review needs --note "..." (what the person reviewing it should know)')
     if args.func is not cmd_run:
         from aiintegration.runstate import EXIT_UNREACHABLE, find_stack
 

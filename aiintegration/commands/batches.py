@@ -361,8 +361,3 @@ def list_batches(ctx: Context, caller: Caller = TRUSTED, *, provider: str | None
                 more = more or index < len(page) - 1
                 break
     return items, (last if more else None)
-
-
-def lane_gauges(ctx: Context) -> tuple[dict[str, int], dict[str, int]]:
-    """(waiting tasks per provider|model, live batches per provider)."""
-    return ctx.lane.depths(), ctx.lane.in_flight()

@@ -32,8 +32,7 @@ class Ticket:
     bucket: str
     limits: RateLimits
     reservation: str  # '' when the bucket has no limit: nothing was reserved (only the answer is learned)
-    estimate: int
-    prompt_estimate: int
+    prompt_estimate: int  # what the prompt was estimated at (a failed call is settled to it)
     own: tuple[int | None, int | None] = (None, None)  # our reservations when admitted (store/quotas.py LEARN)
 
 
@@ -57,20 +56,20 @@ def unmetered(ctx: Context, provider: Provider) -> Ticket | None:
     limits = provider.config.rate_limits
     if limits.models or not ctx.quotas.unlimited(provider.name, "*", limits.default):
         return None
-    return Ticket(provider.name, "*", limits.default, "", 0, 0)
+    return Ticket(provider.name, "*", limits.default, "", 0)
 
 
 def _ask(ctx: Context, record: TaskRecord, provider: Provider, request: GenerationRequest) -> Ticket | Refusal:
     bucket, limits = provider.config.rate_limits.bucket(provider.model_for(request))
     estimate, prompt = _estimate(request)
     if ctx.quotas.unlimited(provider.name, bucket, limits):  # ADMIT would admit it without counting
-        return Ticket(provider.name, bucket, limits, "", estimate, prompt)
+        return Ticket(provider.name, bucket, limits, "", prompt)
     reservation = f"{record.id}.{record.attempts + 1}.{uuid.uuid4().hex[:8]}"
     admission = ctx.quotas.admit(provider.name, bucket, limits, waiter=record.id, reservation=reservation,
                                  priority=record.priority, tenant=record.tenant,
                                  weight=ctx.settings.tenant_weights.get(record.tenant, 1.0), tokens=estimate)
     if admission.admitted:
-        return Ticket(provider.name, bucket, limits, reservation, estimate, prompt,
+        return Ticket(provider.name, bucket, limits, reservation, prompt,
                       own=(admission.own_requests, admission.own_tokens))
     return Refusal(provider.name, admission)
 

@@ -23,7 +23,6 @@ class BatchStatus(StrEnum):
     REFUSED = "refused"  # the provider refused it whole: its tasks run in realtime
 
 
-LIVE = frozenset({BatchStatus.PREPARING, BatchStatus.SUBMITTING, BatchStatus.SUBMITTED, BatchStatus.APPLYING})
 UNSENT = frozenset({BatchStatus.PREPARING, BatchStatus.SUBMITTING})  # no provider id on record yet
 COUNT_KEYS = ("total", "succeeded", "failed", "requeued", "discarded")
 
@@ -50,10 +49,6 @@ class LaneBatch:
     counts: dict[str, int] = field(default_factory=dict)  # COUNT_KEYS: what became of its tasks
     provider_counts: dict[str, int] = field(default_factory=dict)  # as the provider reports them
     error: str | None = None
-
-    @property
-    def live(self) -> bool:
-        return self.status in LIVE
 
     def with_changes(self, **changes: Any) -> LaneBatch:
         return replace(self, **changes)

@@ -25,10 +25,6 @@ _WORDS = (
 ).split()
 
 
-def _never() -> bool:
-    return False
-
-
 def tiny_png(seed: bytes, size: int = 8) -> bytes:
     """A valid size×size RGB PNG whose colour is derived from `seed`."""
     r, g, b = seed[0], seed[1], seed[2]
@@ -96,7 +92,7 @@ class LocalProvider(Provider):
         words = self._words(request)
         return [word if i == 0 else " " + word for i, word in enumerate(words)], self.latency_s / len(words)
 
-    def stream(self, request: GenerationRequest, should_stop: ShouldStop = _never) -> Iterator[str | Generation]:
+    def stream(self, request: GenerationRequest, should_stop: ShouldStop) -> Iterator[str | Generation]:
         if request.task_type == "image_generation":
             yield self.generate(request)
             return
@@ -108,7 +104,7 @@ class LocalProvider(Provider):
             yield piece
         yield self._answer(request)
 
-    async def astream(self, request: GenerationRequest, should_stop: ShouldStop = _never) -> AsyncIterator[str | Generation]:
+    async def astream(self, request: GenerationRequest, should_stop: ShouldStop) -> AsyncIterator[str | Generation]:
         if request.task_type == "image_generation":
             yield await self.agenerate(request)
             return

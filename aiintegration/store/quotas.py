@@ -259,8 +259,6 @@ class Admission:
     reservation: str  # settle() or give_back() with it
     wait_s: float = 0.0  # when refused: until the bucket can cover this request and those ahead
     reason: str = ""  # "requests" | "tokens" | "paused", "_queued" when others wait ahead
-    requests_left: int = -1  # -1: not limited
-    tokens_left: int = -1
     own_requests: int | None = None  # our reservations at admission, this one included (learn() with them)
     own_tokens: int | None = None
 
@@ -334,8 +332,7 @@ class QuotaStore:
                                            limits.rpm, limits.tpm, self.waiter_grace_s, self.scan_limit])
         if int(out[0]) == 1:
             own = (round(float(out[3])), round(float(out[4]))) if len(out) > 3 else (None, None)
-            return Admission(True, reservation, requests_left=int(float(out[1])), tokens_left=int(float(out[2])),
-                             own_requests=own[0], own_tokens=own[1])
+            return Admission(True, reservation, own_requests=own[0], own_tokens=own[1])
         return Admission(False, reservation, wait_s=float(out[1]), reason=str(out[2]))
 
     def settle(self, provider: str, bucket: str, reservation: str, tokens: int, *, sent_at: float) -> None:
@@ -375,9 +372,11 @@ class QuotaStore:
                      arg(i.remaining_tokens), arg(i.reset_tokens_s), arg(pause_s), arg(own[0]), arg(own[1])]
         self._after_call(keys=self._bucket_keys(provider, bucket), args=args)
         if learning:
-            with self._lock:  # it may have taught a limit or set a pause: the next attempt here looks again
-                self._learned += 1
-                self._seen.pop((provider, bucket), None)
+            taught = pause_s is not None or (info is not None and not info.empty)
+            with self._lock:
+                self._learned += 1  # a look at the bucket that overlapped this is not kept
+                if taught:  # a limit or a pause: this process knows without looking that the bucket counts
+                    self._seen[(provider, bucket)] = (time.monotonic(), False)
 
     def state(self, provider: str, bucket: str, limits: RateLimits, *, now: float | None = None) -> BucketState:
         now = time.time() if now is None else now
@@ -385,9 +384,6 @@ class QuotaStore:
                                           args=[now, self.window_s, limits.rpm, limits.tpm]))
         rpm, tpm, req, tok, paused = (float(v) for v in out)
         return BucketState(RateLimits(int(rpm), int(tpm)), int(req), int(tok), paused)
-
-    def waiting(self, provider: str, bucket: str) -> int:
-        return int(self.r.zcard(self.keys.quota_waiting(provider, bucket)))
 
     def leave(self, provider: str, bucket: str, waiter: str) -> None:
         """Give up a place in a bucket's wait line (the attempt went elsewhere)."""

@@ -90,7 +90,7 @@ class TaskStore:
                            requested_by=sub.requested_by, tenant=sub.tenant)
         idem = self.keys.idempotency(f"{sub.tenant}:{sub.idempotency_key}") if sub.idempotency_key else ""
         argv: list[Any] = [self.keys.prefix, record.id, now, self.idempotency_ttl_s, sub.requested_by, event,
-                           *self.maxlens, sub.tenant, sub.fingerprint()]
+                           *self.maxlens, sub.tenant, sub.fingerprint() if idem else ""]  # read only with a key
         for k, v in record.to_hash().items():
             if v != "":  # unset: absent (NOTE's "first" fields are set only where the record has none)
                 argv += [k, v]

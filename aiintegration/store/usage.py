@@ -17,7 +17,6 @@ from aiintegration.domain.budgets import KINDS
 from aiintegration.store.keys import Keys
 
 _SAFE = re.compile(r"[|]")
-USAGE_TTL_S = 400 * 86400
 
 # KEYS: per window (day, month): the usage totals hash, the reservations hash.
 # ARGV: tenant, estimated cost, estimated tokens, then per window and kind (day cost, day tokens,
