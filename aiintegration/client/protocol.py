@@ -18,6 +18,7 @@ from typing import Any
 from aiintegration.errors import (
     AIIntegrationError,
     Conflict,
+    Forbidden,
     NotFound,
     PayloadTooLarge,
     PermanentError,
@@ -37,7 +38,7 @@ SESSION_ENDS = frozenset({"chat.session_closed"})
 FINISHED = frozenset({"succeeded", "cancelled", "dead_lettered"})
 
 BY_STATUS: dict[int, type[AIIntegrationError]] = {
-    400: ValidationError, 401: Unauthorized, 404: NotFound, 409: Conflict, 413: PayloadTooLarge,
+    400: ValidationError, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 413: PayloadTooLarge,
     422: ValidationError, 429: RateLimited, 502: ServiceUnavailable, 503: ServiceUnavailable,
     504: ServiceUnavailable,
 }

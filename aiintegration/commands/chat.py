@@ -11,7 +11,7 @@ from typing import Any
 
 from aiintegration.commands.context import Context
 from aiintegration.commands.create import create_generation_task
-from aiintegration.commands.lifecycle import cancel_task
+from aiintegration.commands.lifecycle import cancel_task, reason_text
 from aiintegration.domain.auth import TRUSTED, Caller
 from aiintegration.domain.chat import (
     CHAT_PRIORITY,
@@ -88,7 +88,8 @@ def send_chat_message(ctx: Context, session_id: str, message: Any, include_conte
 
 
 def close_chat_session(ctx: Context, session_id: str, close_reason: Any, caller: Caller = TRUSTED) -> dict[str, Any]:
-    reason = close_reason.strip() if isinstance(close_reason, str) and close_reason.strip() else "closed"
+    blank = close_reason is None or (isinstance(close_reason, str) and not close_reason.strip())
+    reason = "closed" if blank else reason_text(close_reason, "close_reason")  # optional, else checked as any reason
     session = _session(ctx, session_id, caller)
     if session["status"] != "open":
         raise Conflict("the chat session is already closed", details={"status": session["status"]})

@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiintegration.domain.auth import DEFAULT_TENANT
 from aiintegration.domain.json_values import problem
@@ -98,6 +99,16 @@ def _check_content(task_type: str, content: Any, errors: dict[str, str]) -> None
             errors["request_content.size"] = "must look like '1024x1024'"
 
 
+def _http_url(url: Any) -> bool:
+    if not isinstance(url, str) or len(url) > MAX_URL:
+        return False
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. a bad port or an unbalanced IPv6 bracket
+        return False
+
+
 def _check_options(options: Any, *, default_timeout_s: float, max_timeout_s: float, default_max_retries: int,
                    errors: dict[str, str]) -> TaskOptions:
     if not isinstance(options, dict):
@@ -121,7 +132,7 @@ def _check_options(options: Any, *, default_timeout_s: float, max_timeout_s: flo
     if out["batch"] is not None and not isinstance(out["batch"], bool):
         errors["options.batch"] = "must be true, false or null"
     url = out["callback_url"]
-    if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://")) and len(url) <= MAX_URL):
+    if url is not None and not _http_url(url):
         errors["options.callback_url"] = "must be an http(s) URL"
     if any(key.startswith("options") for key in errors):
         return TaskOptions()

@@ -34,8 +34,8 @@ class MessageSchema(Schema):
 
 
 class CloseSchema(Schema):
-    close_reason = fields.String(load_default="closed by the client",
-                                 validate=validate.Length(min=1, max=limits.MAX_REASON))
+    close_reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=limits.MAX_REASON),
+                                 metadata={"description": 'optional; "closed" when missing or blank'})
 
 
 def _json(payload: Any, status: int = 200) -> Response:

@@ -14,7 +14,7 @@ from aiintegration.commands.create import create_generation_task
 from aiintegration.domain import limits
 from aiintegration.domain.auth import TENANT_NAME
 from aiintegration.domain.records import PUBLIC_FIELDS, TIME_FIELDS, TaskOptions, TaskRecord
-from aiintegration.domain.states import MAX_PRIORITY, MIN_PRIORITY, TaskStatus
+from aiintegration.domain.states import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, TaskStatus
 from aiintegration.web.blueprint import Blueprint
 from aiintegration.web.current import caller, context
 from aiintegration.web.events import last_event_id, sse
@@ -29,8 +29,9 @@ class OptionsSchema(Schema):
     max_retries = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=0, max=limits.MAX_RETRIES))
     retry_on_timeout = fields.Boolean(allow_none=True)
     stream = fields.Boolean(allow_none=True)
-    callback_url = fields.Url(schemes={"http", "https"}, require_tld=False, allow_none=True,
-                              validate=validate.Length(max=limits.MAX_URL))
+    # checked once, in the domain (domain/submission.py), as for a task sent by name
+    callback_url = fields.String(allow_none=True, validate=validate.Length(max=limits.MAX_URL),
+                                 metadata={"format": "uri", "description": "http(s) URL told of the outcome"})
     batch = fields.Boolean(allow_none=True, metadata={
         "description": "the batch lane (half price, done within a day): true / false; unset lets AII_BATCH_POLICY decide"})
 
@@ -43,7 +44,8 @@ class CreateTaskSchema(Schema):
     task_type = fields.String(required=True, validate=validate.OneOf(limits.TASK_TYPES))
     request_content = fields.Dict(required=True, metadata={"description": "prompt/messages/… by task type"})
     requested_by = fields.String(required=True, validate=validate.Length(min=1, max=limits.MAX_NAME))
-    priority = fields.Integer(strict=True, load_default=5, validate=validate.Range(min=MIN_PRIORITY, max=MAX_PRIORITY),
+    priority = fields.Integer(strict=True, load_default=DEFAULT_PRIORITY,
+                              validate=validate.Range(min=MIN_PRIORITY, max=MAX_PRIORITY),
                               metadata={"description": f"{MIN_PRIORITY}–{MAX_PRIORITY}, {MAX_PRIORITY} most urgent"})
     metadata = fields.Dict(load_default=dict)
     idempotency_key = fields.String(allow_none=True, validate=validate.Length(min=1, max=limits.MAX_NAME))

@@ -52,6 +52,7 @@ BAD_BODIES = [
     ({**VALID, "options": {"timeout_s": 99999}}, 422, "options.timeout_s"),
     ({**VALID, "options": {"provider": "nobody"}}, 422, "options.provider"),
     ({**VALID, "options": {"callback_url": "ftp://example"}}, 422, "options.callback_url"),
+    ({**VALID, "options": {"callback_url": "http://"}}, 422, "options.callback_url"),
     ({**VALID, "unexpected": 1}, 422, "unexpected"),
     ({k: v for k, v in VALID.items() if k != "requested_by"}, 422, "requested_by"),
     ({**VALID, "task_type": "chat_completion", "request_content": {"messages": [{"role": "bot", "content": 1}]}},
@@ -106,3 +107,39 @@ def test_cancel_needs_a_reason(client, auth):
     task_id = client.post("/v1/tasks", json=VALID, headers=auth).json["id"]
     assert client.post(f"/v1/tasks/{task_id}/cancel", json={}, headers=auth).status_code == 422
     assert client.get(f"/v1/tasks/{task_id}", headers=auth).json["status"] == "queued"
+
+
+def test_a_callback_url_is_judged_alike_over_rest_and_by_name(client, auth):
+    """One rule, in the domain: a host name the URL grammar of marshmallow refused (an
+    underscore) is accepted by both entry points; a URL without a host by neither."""
+    from aiintegration.domain.submission import validate_submission
+    from aiintegration.errors import ValidationError
+
+    ok, bad = "http://hooks_internal:8080/done", "https:///done"
+    resp = client.post("/v1/tasks", json={**VALID, "options": {"callback_url": ok}}, headers=auth)
+    assert resp.status_code == 202, resp.json
+    validate_submission(**{**VALID, "options": {"callback_url": ok}})
+    resp = client.post("/v1/tasks", json={**VALID, "options": {"callback_url": bad}}, headers=auth)
+    assert resp.status_code == 422 and "options.callback_url" in resp.json["error"]["details"]
+    with pytest.raises(ValidationError):
+        validate_submission(**{**VALID, "options": {"callback_url": bad}})
+
+
+def test_a_chat_close_reason_is_optional_and_judged_alike_over_rest_and_by_name(client, auth, ctx):
+    from aiintegration.commands.chat import close_chat_session, start_chat_session
+    from aiintegration.errors import ValidationError
+
+    def session() -> str:
+        return client.post("/v1/chat/sessions", json={"user_id": "u", "item_id": "i", "initial_context": {}},
+                           headers=auth).json["id"]
+
+    for reason in ("", None):
+        closed = client.post(f"/v1/chat/sessions/{session()}/close", json={"close_reason": reason}, headers=auth)
+        assert closed.status_code == 200 and closed.json["close_reason"] == "closed", closed.json
+    too_long = "x" * 1001
+    resp = client.post(f"/v1/chat/sessions/{session()}/close", json={"close_reason": too_long}, headers=auth)
+    assert resp.status_code == 422
+    by_name = start_chat_session(ctx, "u", "i", {})["id"]
+    assert close_chat_session(ctx, by_name, "")["close_reason"] == "closed"
+    with pytest.raises(ValidationError):
+        close_chat_session(ctx, start_chat_session(ctx, "u", "i", {})["id"], too_long)

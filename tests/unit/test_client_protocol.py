@@ -3,6 +3,7 @@ answers, records and replies become the error tree."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -13,6 +14,7 @@ from aiintegration.client.sse import Cursor, Decoder, stream_id
 from aiintegration.errors import (
     AIIntegrationError,
     Conflict,
+    Forbidden,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -156,3 +158,9 @@ def test_a_refusal_by_name_keeps_its_code_status_and_details_and_priorities_flip
                        "details": {"task_type": "unknown"}, "status": 422})
     assert isinstance(exc, ValidationError) and exc.http_status == 422 and exc.details == {"task_type": "unknown"}
     assert [broker_priority(p) for p in (9, 5, 0)] == [0, 4, 9]
+
+
+def test_a_client_calling_an_operator_route_gets_forbidden():
+    body = json.dumps({"error": {"code": "forbidden", "message": "operators only", "details": {}}}).encode()
+    denied = error_from_answer(403, body)
+    assert isinstance(denied, Forbidden) and denied.code == "forbidden" and denied.http_status == 403
