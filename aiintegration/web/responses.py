@@ -4,7 +4,7 @@ field is not a breaking change for a client validating against the document."""
 
 from __future__ import annotations
 
-from marshmallow import INCLUDE, Schema, fields
+from marshmallow import INCLUDE, Schema, fields, validate
 
 
 class Open(Schema):
@@ -16,6 +16,7 @@ class DlqEntrySchema(Open):
     task_id = fields.String(required=True)
     task_type = fields.String()
     requested_by = fields.String()
+    tenant = fields.String()
     provider = fields.String(allow_none=True)
     error = fields.Dict(allow_none=True)
     attempts = fields.Integer()
@@ -44,6 +45,9 @@ class ProviderSchema(Open):
     base_url = fields.String(allow_none=True)
     api_key = fields.String(allow_none=True, metadata={"description": "redacted: sk-…abcd"})
     timeout_s = fields.Float()
+    breaker = fields.String(validate=validate.OneOf(["closed", "open", "half_open"]))
+    error_rate = fields.Float(allow_none=True, metadata={
+        "description": "share of the last 5 minutes' calls that failed transiently (0–1; null: no calls)"})
     limits = fields.Dict(metadata={"description": "configured rpm/tpm (0: none), per model where they differ"})
     remaining = fields.Dict(metadata={"description": "left in the current window: requests, tokens (null: not "
                                                      "limited), the limits in force (configured or learned)"})
@@ -63,6 +67,7 @@ class SessionSchema(Open):
     id = fields.String(required=True)
     user_id = fields.String(required=True)
     item_id = fields.String(required=True)
+    tenant = fields.String()
     context = fields.Raw(allow_none=True)
     status = fields.String(required=True)
     created_at = fields.String()
