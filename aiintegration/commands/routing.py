@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from aiintegration.domain.batching import lane_provider
 from aiintegration.domain.providers import ProviderConfig
-from aiintegration.domain.routing import Candidate, alternatives, choose_provider
+from aiintegration.domain.routing import Candidate, alternatives, choose_provider, usable
 from aiintegration.errors import NotFound
 from aiintegration.providers import build_provider, provider_class
 from aiintegration.providers.base import Provider
@@ -90,6 +90,12 @@ class Router:
         return [self.provider(name) for name in alternatives(
             task_type, order=self._order, candidates=self._candidates, blocked_for=self.blocked_for,
             excluding=excluding)]
+    def preferred(self, task_type: str) -> str | None:
+        """The first enabled provider in the order that can do `task_type` (breakers aside):
+        where an unpinned task most likely goes."""
+        self._refresh()
+        return next(usable(task_type, order=self._order, candidates=self._candidates), None)
+
     def config(self, name: str) -> ProviderConfig | None:
         self._refresh()
         return self._configs.get(name)

@@ -24,12 +24,11 @@ DEFAULT_DAYS = 7
 def _estimate(ctx: Context, sub: Submission) -> tuple[float, int]:
     """A submission's cost and tokens before it runs: its prompt plus all the output it may
     produce, priced at the provider it would most likely go to (pinned, else the first
-    capable one in the order)."""
+    enabled capable one in the order)."""
     request = GenerationRequest(sub.task_type, sub.request_content, timeout_s=sub.options.timeout_s)
     system, messages = request.system_and_messages()
     prompt = estimate_tokens(system, messages, 0)
-    name = sub.options.provider or next(
-        (n for n in ctx.router.order() if sub.task_type in ctx.router.provider(n).capabilities), None)
+    name = sub.options.provider or ctx.router.preferred(sub.task_type)
     if name is None:
         return 0.0, prompt + request.max_tokens
     provider = ctx.router.provider(name)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiintegration.domain.providers import ProviderConfig
+from aiintegration.domain.routing import Candidate, usable
 
 LANE = "batch"  # a record's `lane` while it belongs to the batch lane
 LANE_TASK_TYPES = frozenset({"text_generation", "chat_completion"})
@@ -102,8 +103,8 @@ def lane_provider(task_type: str, *, order: Sequence[str], configs: Mapping[str,
     if pinned:
         name: str | None = pinned
     else:
-        name = next((n for n in order if n in configs and configs[n].enabled
-                     and task_type in capabilities.get(n, ())), None)
+        candidates = {n: Candidate(n, c.enabled, capabilities.get(n, frozenset())) for n, c in configs.items()}
+        name = next(usable(task_type, order=order, candidates=candidates), None)
     config = configs.get(name) if name else None
     if name is None or config is None or task_type not in capabilities.get(name, ()):
         return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiintegration.errors import NotFound, ProviderUnavailable, UnsupportedCapability
@@ -60,9 +60,15 @@ def choose_provider(task_type: str, *, order: Sequence[str], candidates: Mapping
                               retry_after=min(waits) if waits else None)
 
 
+def usable(task_type: str, *, order: Sequence[str], candidates: Mapping[str, Candidate]) -> Iterator[str]:
+    """The enabled providers that can do `task_type`, in preference order (breakers aside)."""
+    return (name for name in order if name in candidates and candidates[name].enabled
+            and task_type in candidates[name].capabilities)
+
+
 def alternatives(task_type: str, *, order: Sequence[str], candidates: Mapping[str, Candidate],
                  blocked_for: Callable[[str], float], excluding: str) -> list[str]:
     """The other providers that could take the attempt now, in preference order (a quota
     failover: the chosen one has no room for longer than the task can wait)."""
-    return [name for name in order if name != excluding and name in candidates
-            and task_type in candidates[name].capabilities and candidates[name].enabled and blocked_for(name) <= 0]
+    return [name for name in usable(task_type, order=order, candidates=candidates)
+            if name != excluding and blocked_for(name) <= 0]

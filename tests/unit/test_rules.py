@@ -8,7 +8,7 @@ import pytest
 from aiintegration.domain.chat import merged_context, trimmed
 from aiintegration.domain.events import resume_point
 from aiintegration.domain.records import TaskOptions, TaskRecord
-from aiintegration.domain.routing import Candidate, choose_provider
+from aiintegration.domain.routing import Candidate, choose_provider, usable
 from aiintegration.domain.states import TaskStatus
 from aiintegration.errors import NotFound, ProviderUnavailable, UnsupportedCapability, ValidationError
 from aiintegration.store.metrics import counter, decode, encode_samples, observation
@@ -115,3 +115,13 @@ def test_the_metrics_protocol_round_trips_counters_and_histograms():
     (hist,) = metrics.histograms["aii_provider_call_seconds"]
     assert hist.labels == {"provider": "local"} and hist.sum == 90.25
     assert hist.buckets == [("0.25", 1.0), ("+Inf", 3.0)]  # cumulative
+
+
+def test_where_an_unpinned_task_would_go_skips_disabled_and_incapable_providers():
+    """The one preference rule behind budget pricing, the batch lane's provider and quota
+    failover: enabled and capable, in order (breakers are the attempt's business)."""
+    candidates = {"openai": Candidate("openai", False, ALL), "anthropic": Candidate("anthropic", True, TEXT),
+                  "local": Candidate("local", True, ALL)}
+    order = ["openai", "anthropic", "local"]
+    assert list(usable("text_generation", order=order, candidates=candidates)) == ["anthropic", "local"]
+    assert list(usable("image_generation", order=order, candidates=candidates)) == ["local"]
