@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 from aiintegration.commands.context import Context
-from aiintegration.domain.quotas import RateLimits, estimate_tokens
+from aiintegration.domain.quotas import RateLimits
 from aiintegration.domain.records import TaskRecord, iso
 from aiintegration.errors import RateLimited
 from aiintegration.providers.base import Generation, GenerationRequest, Provider
@@ -44,8 +44,7 @@ class Refusal:
 
 def _estimate(request: GenerationRequest) -> tuple[int, int]:
     """(prompt + all the output it may produce, prompt alone)."""
-    system, messages = request.system_and_messages()
-    prompt = estimate_tokens(system, messages, 0)
+    prompt = request.estimated_prompt_tokens()
     return prompt + request.max_tokens, prompt
 
 

@@ -12,7 +12,6 @@ from aiintegration.commands.context import Context
 from aiintegration.domain.auth import TRUSTED, Caller
 from aiintegration.domain.budgets import KINDS, WINDOWS, window_end, window_keys
 from aiintegration.domain.pricing import estimate_cost
-from aiintegration.domain.quotas import estimate_tokens
 from aiintegration.domain.submission import Submission
 from aiintegration.errors import BudgetExceeded, ValidationError
 from aiintegration.providers.base import GenerationRequest
@@ -26,8 +25,7 @@ def _estimate(ctx: Context, sub: Submission) -> tuple[float, int]:
     produce, priced at the provider it would most likely go to (pinned, else the first
     enabled capable one in the order)."""
     request = GenerationRequest(sub.task_type, sub.request_content, timeout_s=sub.options.timeout_s)
-    system, messages = request.system_and_messages()
-    prompt = estimate_tokens(system, messages, 0)
+    prompt = request.estimated_prompt_tokens()
     name = sub.options.provider or ctx.router.preferred(sub.task_type)
     if name is None:
         return 0.0, prompt + request.max_tokens

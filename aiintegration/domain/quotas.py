@@ -97,11 +97,11 @@ def limits_from_env(upper_name: str, env: Mapping[str, str]) -> ProviderLimits:
     return parse_limits(raw, prefix.lower().rstrip("_")) if raw else ProviderLimits()
 
 
-def estimate_tokens(system: str | None, messages: Sequence[Mapping[str, Any]], max_output: int) -> int:
-    """What a request takes from a token budget before it runs: its prompt (~4 characters a
-    token) plus all the output it may produce. Settled against the real usage afterwards."""
+def estimate_tokens(system: str | None, messages: Sequence[Mapping[str, Any]]) -> int:
+    """A prompt's tokens before it runs (~4 characters a token); what a request reserves is
+    this plus all the output it may produce. Settled against the real usage afterwards."""
     chars = len(system or "") + sum(len(str(m.get("content", ""))) for m in messages)
-    return math.ceil(chars / CHARS_PER_TOKEN) + max_output
+    return math.ceil(chars / CHARS_PER_TOKEN)
 
 
 @dataclass(frozen=True, slots=True)

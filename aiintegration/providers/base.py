@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from aiintegration import errors
 from aiintegration.domain.limits import TASK_TYPES
 from aiintegration.domain.providers import ProviderConfig
-from aiintegration.domain.quotas import RateLimitInfo, go_duration_s
+from aiintegration.domain.quotas import RateLimitInfo, estimate_tokens, go_duration_s
 
 ShouldStop = Callable[[], bool]
 Translate = Callable[[Exception], errors.AIIntegrationError]
@@ -70,6 +70,11 @@ class GenerationRequest:
     @property
     def max_tokens(self) -> int:
         return int(self.content.get("max_tokens") or 1024)
+
+    def estimated_prompt_tokens(self) -> int:
+        """The prompt's tokens before the call (domain.quotas.estimate_tokens); with
+        `max_tokens`, what quotas and budgets reserve."""
+        return estimate_tokens(*self.system_and_messages())
 
 
 @dataclass(frozen=True, slots=True)
