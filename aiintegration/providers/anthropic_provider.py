@@ -121,9 +121,6 @@ class AnthropicProvider(Provider, BatchAPI):
         return anthropic.AsyncAnthropic(api_key=self.config.api_key or "not-configured",
                                         base_url=self.config.base_url, max_retries=0, timeout=self.config.timeout_s)
 
-    def _timeout(self, request: GenerationRequest) -> float:
-        return min(request.timeout_s, self.config.timeout_s)
-
     def _message(self, message: Any, model: str, limits: RateLimitInfo | None = None) -> Generation:
         """One Anthropic message as a Generation: a realtime reply, a stream's final message or
         a batch item alike (a refusal is ContentRejected in all three)."""
@@ -172,9 +169,6 @@ class AnthropicProvider(Provider, BatchAPI):
                     yield text
                 final = await stream.get_final_message()
         yield self._message(final, params["model"], limits)
-
-    def check(self) -> None:
-        self.generate(GenerationRequest("text_generation", {"prompt": "ping", "max_tokens": 1}, timeout_s=10))
 
     # Message Batches: one create request with every item (no upload, no metadata) -----------
     def batch_upload(self, ref: str, requests: Sequence[BatchRequest]) -> str | None:

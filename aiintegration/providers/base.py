@@ -163,6 +163,10 @@ class Provider:
             yield generation.text
         yield generation
 
+    def _timeout(self, request: GenerationRequest) -> float:
+        """One call's SDK timeout: the attempt's time left, at most the provider's own."""
+        return min(request.timeout_s, self.config.timeout_s)
+
     def check(self) -> None:
         """A cheap live call proving the config works; raises the error tree if not."""
         self.generate(GenerationRequest("text_generation", {"prompt": "ping", "max_tokens": 1}, timeout_s=10))

@@ -150,9 +150,6 @@ class OpenAIProvider(Provider, BatchAPI):
         return openai.AsyncOpenAI(api_key=self.config.api_key or "not-configured", base_url=self.config.base_url,
                                   max_retries=0, timeout=self.config.timeout_s)
 
-    def _timeout(self, request: GenerationRequest) -> float:
-        return min(request.timeout_s, self.config.timeout_s)
-
     def _image_params(self, request: GenerationRequest, model: str) -> dict[str, Any]:
         return {"model": model, "prompt": str(request.content["prompt"]), "n": 1,
                 "size": request.content.get("size", "1024x1024"), "response_format": "b64_json"}
@@ -180,8 +177,7 @@ class OpenAIProvider(Provider, BatchAPI):
             if request.task_type == "image_generation":
                 return self._image(client.images.with_raw_response.generate(**self._image_params(request, model)),
                                    model)
-            raw = client.chat.completions.with_raw_response.create(model=model, messages=self._messages(request),
-                                                                   max_tokens=request.max_tokens)
+            raw = client.chat.completions.with_raw_response.create(**self._body(request))
             reply = raw.parse()
         return self._reply(reply, raw.headers, model)
 
@@ -192,14 +188,16 @@ class OpenAIProvider(Provider, BatchAPI):
             if request.task_type == "image_generation":
                 return self._image(await client.images.with_raw_response.generate(
                     **self._image_params(request, model)), model)
-            raw = await client.chat.completions.with_raw_response.create(
-                model=model, messages=self._messages(request), max_tokens=request.max_tokens)
+            raw = await client.chat.completions.with_raw_response.create(**self._body(request))
             reply = raw.parse()
         return self._reply(reply, raw.headers, model)
 
+    def _body(self, request: GenerationRequest) -> dict[str, Any]:
+        """A chat completion's request body (realtime and in a batch's input file)."""
+        return {"model": self.model_for(request), "messages": self._messages(request), "max_tokens": request.max_tokens}
+
     def _stream_body(self, request: GenerationRequest) -> dict[str, Any]:
-        return {"model": self.model_for(request), "messages": self._messages(request),
-                "max_tokens": request.max_tokens, "stream": True, "stream_options": {"include_usage": True}}
+        return {**self._body(request), "stream": True, "stream_options": {"include_usage": True}}
 
     def stream(self, request: GenerationRequest, should_stop: ShouldStop) -> Iterator[str | Generation]:
         """The chat completions streaming API through the SDK's own request, SSE decoding and
@@ -246,9 +244,6 @@ class OpenAIProvider(Provider, BatchAPI):
             self.client.with_options(timeout=10).models.list()
 
     # the Batch API: a JSONL input file, then a batch over it ---------------------------------
-    def _body(self, request: GenerationRequest) -> dict[str, Any]:
-        return {"model": self.model_for(request), "messages": self._messages(request), "max_tokens": request.max_tokens}
-
     def batch_upload(self, ref: str, requests: Sequence[BatchRequest]) -> str | None:
         lines = [json.dumps({"custom_id": r.custom_id, "method": "POST", "url": BATCH_ENDPOINT,
                              "body": self._body(r.request)}, separators=(",", ":"), ensure_ascii=False)
