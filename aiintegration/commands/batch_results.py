@@ -13,13 +13,13 @@ import logging
 from collections import Counter
 from typing import Any
 
-from aiintegration.commands.batches import batch_api, checkpoint, locked, return_to_lane, start
+from aiintegration.commands.batches import batch_api, checkpoint, live_batches, locked, return_to_lane, start
 from aiintegration.commands.context import Context
 from aiintegration.commands.failures import handle_failure
 from aiintegration.commands.webhooks import notify_terminal
 from aiintegration.domain.batching import COMPLETION_WINDOW_S, round_estimate_s, survives_another_round
 from aiintegration.domain.budgets import window_keys
-from aiintegration.domain.lane_batch import COUNT_KEYS, BatchStatus, LaneBatch
+from aiintegration.domain.lane_batch import POLLED, BatchStatus, LaneBatch, final_counts
 from aiintegration.domain.pricing import estimate_cost
 from aiintegration.domain.records import TaskRecord
 from aiintegration.domain.states import TaskStatus
@@ -40,10 +40,7 @@ def poll_batches(ctx: Context) -> dict[str, Any]:
     """PollBatches (beat, every AII_BATCH_INTERVAL_S): each submitted batch's state; an ended
     one's results applied; a batch whose tasks were all cancelled is cancelled at the provider."""
     out: Counter[str] = Counter()
-    live = [b for b in ctx.lane.get_many(ctx.lane.live()) if b is not None]
-    for batch in live:
-        if batch.status not in (B.SUBMITTED, B.APPLYING):
-            continue
+    for batch in live_batches(ctx, POLLED):
         try:
             out[_poll(ctx, batch)] += 1
         except AIIntegrationError as exc:  # the next poll asks again; see _unreadable for how long
@@ -84,8 +81,7 @@ def _unreadable(ctx: Context, batch: LaneBatch, exc: AIIntegrationError) -> str:
     counts: Counter[str] = Counter()
     for record in ctx.tasks.get_many(list(batch.tasks)):
         counts[_send_back(ctx, batch, record, "lost") if record else "discarded"] += 1
-    ctx.lane.finish(batch, status=B.ENDED, ended_at=ctx.clock(),
-                    counts={k: len(batch.tasks) if k == "total" else counts.get(k, 0) for k in COUNT_KEYS})
+    ctx.lane.finish(batch, status=B.ENDED, ended_at=ctx.clock(), counts=final_counts(len(batch.tasks), counts))
     return "given_up"
 
 
@@ -116,8 +112,7 @@ def _apply(ctx: Context, api: BatchAPI, batch: LaneBatch, found: ProviderBatch) 
             if task_id not in seen:  # never answered (a cancelled OpenAI batch lists them nowhere)
                 counts[_send_back(ctx, batch, record, "missing")] += 1
     ctx.lane.finish(batch, status=B.ENDED, ended_at=batch.ended_at or ctx.clock(), provider_status=found.status,
-                    provider_counts=dict(found.counts),
-                    counts={k: len(batch.tasks) if k == "total" else counts.get(k, 0) for k in COUNT_KEYS})
+                    provider_counts=dict(found.counts), counts=final_counts(len(batch.tasks), counts))
     return "applied"
 
 

@@ -30,13 +30,14 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from functools import wraps
-from typing import Any
+from typing import Any, TypeGuard
 
 from aiintegration.commands.context import Context
 from aiintegration.domain.auth import TRUSTED, Caller
 from aiintegration.domain.batching import (
     COMPLETION_WINDOW_S,
     LANE,
+    BatchLimits,
     batch_enabled,
     cut,
     group_name,
@@ -157,7 +158,7 @@ def collect_batches(ctx: Context) -> dict[str, Any]:
     batch waiting, or its oldest task waited AII_BATCH_MAX_WAIT_S)."""
     out: Counter[str] = Counter()
     blocked: set[str] = set()  # providers with a submission still unresolved
-    for batch in _live(ctx, UNSENT):
+    for batch in live_batches(ctx, UNSENT):
         outcome = _resume(ctx, batch)
         out[outcome] += 1
         if outcome in ("unresolved", "submit_failed"):
@@ -193,7 +194,7 @@ def _collect_group(ctx: Context, group: str, blocked: set[str]) -> tuple[int, Co
                                              max_requests=limits.max_requests,
                                              max_wait_s=ctx.settings.batch_max_wait_s):
             break
-        taken = _take(ctx, group, config.kind)
+        taken = _take(ctx, group, config.kind, limits)
         if taken is None:
             break
         outcome = _submit(ctx, *taken)
@@ -205,8 +206,14 @@ def _collect_group(ctx: Context, group: str, blocked: set[str]) -> tuple[int, Co
     return submitted, out
 
 
-def _live(ctx: Context, statuses: frozenset[BatchStatus]) -> list[LaneBatch]:
+def live_batches(ctx: Context, statuses: frozenset[BatchStatus]) -> list[LaneBatch]:
+    """The lane's batches not ended whose status is one of `statuses`, oldest first."""
     return [b for b in ctx.lane.get_many(ctx.lane.live()) if b is not None and b.status in statuses]
+
+
+def _waits_in_lane(record: TaskRecord | None) -> TypeGuard[TaskRecord]:
+    """Queued in the lane and in no batch being submitted: a batch may take it."""
+    return record is not None and record.status == S.QUEUED and record.lane == LANE and not record.batch_ref
 
 
 def _abandon_group(ctx: Context, group: str) -> int:
@@ -214,7 +221,7 @@ def _abandon_group(ctx: Context, group: str) -> int:
     moved = 0
     while ids := ctx.lane.waiting(group, limit=500):
         for record in ctx.tasks.get_many(ids):
-            if record and record.status == S.QUEUED and record.lane == LANE and not record.batch_ref:
+            if _waits_in_lane(record):
                 release_to_realtime(ctx, record)
                 moved += 1
         ctx.lane.drop_waiting(group, ids)
@@ -222,17 +229,15 @@ def _abandon_group(ctx: Context, group: str) -> int:
     return moved
 
 
-def _take(ctx: Context, group: str, kind: str) -> tuple[LaneBatch, dict[str, TaskRecord]] | None:
+def _take(ctx: Context, group: str, kind: str, limits: BatchLimits) -> tuple[LaneBatch, dict[str, TaskRecord]] | None:
     """The next batch of the group, taken out of the lane: as many of its longest-waiting
-    tasks as fit the provider's limits."""
+    tasks as fit the provider's `limits`."""
     provider, model = split_group(group)
-    limits = limits_for(kind, ctx.settings.batch_max_requests)
     ids = ctx.lane.waiting(group, limit=limits.max_requests)
     if not ids:
         return None
     loaded = {r.id: r for r in ctx.tasks.get_many(ids) if r is not None}
-    ready = [loaded[i] for i in ids if i in loaded and loaded[i].status == S.QUEUED and loaded[i].lane == LANE
-             and not loaded[i].batch_ref]
+    ready = [loaded[i] for i in ids if _waits_in_lane(loaded.get(i))]
     chosen = ready[:cut([json_size(r.request_content) for r in ready], limits)]
     ready_ids = {r.id for r in ready}
     stale = [i for i in ids if i not in ready_ids]  # cancelled, gone, realtime: they leave the set
@@ -241,7 +246,7 @@ def _take(ctx: Context, group: str, kind: str) -> tuple[LaneBatch, dict[str, Tas
                       created_at=now, intent_at=now)
     taken = ctx.lane.take(group, batch, [r.id for r in chosen] + stale)
     if not taken:  # every one was cancelled or taken meanwhile; they left the set, so look again
-        return _take(ctx, group, kind) if chosen or stale else None
+        return _take(ctx, group, kind, limits) if chosen or stale else None
     records = {i: loaded[i] for i in taken if i in loaded}
     missing = [i for i in taken if i not in records]  # became ready between the read and the take
     records.update({r.id: r for r in ctx.tasks.get_many(missing) if r is not None})
@@ -254,15 +259,20 @@ def _held(ctx: Context, batch: LaneBatch) -> dict[str, TaskRecord]:
             if r is not None and r.status == S.QUEUED and r.batch_ref == batch.id}
 
 
+def _refuse(ctx: Context, batch: LaneBatch, records: Mapping[str, TaskRecord], error: str) -> str:
+    """No provider batch will be made of it: its tasks run in realtime."""
+    for record in records.values():
+        release_to_realtime(ctx, record)
+    ctx.lane.finish(batch, status=B.REFUSED, error=error, ended_at=ctx.clock(),
+                    counts={"total": len(batch.tasks), "requeued": len(records)})
+    return "refused"
+
+
 def _submit(ctx: Context, batch: LaneBatch, records: Mapping[str, TaskRecord]) -> str:
     """Upload and create the provider batch, recording the intent before each step."""
     api = batch_api(ctx, batch.provider)
     if api is None:
-        for record in records.values():
-            release_to_realtime(ctx, record)
-        ctx.lane.finish(batch, status=B.REFUSED, error="the provider has no batch API now", ended_at=ctx.clock(),
-                        counts={"total": len(batch.tasks), "requeued": len(records)})
-        return "refused"
+        return _refuse(ctx, batch, records, "the provider has no batch API now")
     timeout_s = ctx.router.provider(batch.provider).config.timeout_s
     requests = [BatchRequest(r.id, GenerationRequest(r.task_type, r.request_content, timeout_s=timeout_s,
                                                      model=batch.model)) for r in records.values()]
@@ -275,11 +285,7 @@ def _submit(ctx: Context, batch: LaneBatch, records: Mapping[str, TaskRecord]) -
     except PermanentError as exc:
         log.warning("the provider refused batch %s (%s): its %d tasks run in realtime", batch.id, exc.message,
                     len(records))
-        for record in records.values():
-            release_to_realtime(ctx, record)
-        ctx.lane.finish(batch, status=B.REFUSED, error=f"{exc.code}: {exc.message}", ended_at=ctx.clock(),
-                        counts={"total": len(batch.tasks), "requeued": len(records)})
-        return "refused"
+        return _refuse(ctx, batch, records, f"{exc.code}: {exc.message}")
     except TransientError as exc:  # maybe created: the next run asks the provider before resubmitting
         log.warning("submitting batch %s failed (%s); the next run reconciles", batch.id, exc.message)
         ctx.lane.update(batch, error=f"{exc.code}: {exc.message}")

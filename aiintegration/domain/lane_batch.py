@@ -24,7 +24,13 @@ class BatchStatus(StrEnum):
 
 
 UNSENT = frozenset({BatchStatus.PREPARING, BatchStatus.SUBMITTING})  # no provider id on record yet
+POLLED = frozenset({BatchStatus.SUBMITTED, BatchStatus.APPLYING})  # at the provider, or its results being applied
 COUNT_KEYS = ("total", "succeeded", "failed", "requeued", "discarded")
+
+
+def final_counts(total: int, counts: Mapping[str, int]) -> dict[str, int]:
+    """An ended batch's `counts`: every COUNT_KEY, `total` its size."""
+    return {k: total if k == "total" else counts.get(k, 0) for k in COUNT_KEYS}
 
 
 @dataclass(frozen=True, slots=True)
