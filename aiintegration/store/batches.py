@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -19,6 +19,7 @@ import redis
 
 from aiintegration.domain.batching import group_name
 from aiintegration.domain.lane_batch import LaneBatch
+from aiintegration.domain.records import HashValue
 from aiintegration.store.keys import Keys
 
 # KEYS: task, waiting set, groups set. ARGV: now, group.
@@ -91,12 +92,10 @@ return 0
 """
 
 
-def _encode(batch: LaneBatch, names: Sequence[str] | None = None) -> list[Any]:
-    flat: list[Any] = []
-    for name, value in batch.to_hash().items():
-        if names is None or name in names:
-            flat += [name, value]
-    return flat
+def _changed(batch: LaneBatch, changes: Mapping[str, Any]) -> tuple[LaneBatch, dict[str, HashValue]]:
+    """The batch with `changes`, and the hash fields they rewrite."""
+    changed = batch.with_changes(**changes)
+    return changed, {k: v for k, v in changed.to_hash().items() if k in changes}
 
 
 class BatchStore:
@@ -178,7 +177,7 @@ class BatchStore:
     # batches ---------------------------------------------------------------------------------
     def take(self, group: str, batch: LaneBatch, task_ids: Sequence[str]) -> list[str]:
         """Move waiting tasks into a new batch record (written only if it got any task)."""
-        fields = _encode(batch, [n for n in batch.to_hash() if n != "tasks"])
+        fields = [x for name, value in batch.to_hash().items() if name != "tasks" for x in (name, value)]
         out = self._take(keys=[self.keys.lane_waiting(group), self.keys.lane_batch(batch.id), self.keys.lane_batches,
                                self.keys.lane_live],
                          args=[self.keys.prefix, batch.id, batch.created_at, len(fields) // 2, *fields, *task_ids])
@@ -192,18 +191,17 @@ class BatchStore:
 
     def update(self, batch: LaneBatch, **changes: Any) -> LaneBatch:
         """Write the changed fields of a batch; returns the changed batch."""
-        changed = batch.with_changes(**changes)
-        if changes:
-            self.r.hset(self.keys.lane_batch(batch.id),
-                        mapping={k: v for k, v in changed.to_hash().items() if k in changes})
+        changed, fields = _changed(batch, changes)
+        if fields:
+            self.r.hset(self.keys.lane_batch(batch.id), mapping=fields)
         return changed
 
     def mark_submitted(self, batch: LaneBatch, **changes: Any) -> LaneBatch:
         """The provider accepted the batch: its id goes on record with the batch's new state
         in one step (reconciling tells our provider batches from others by these ids)."""
-        changed = batch.with_changes(**changes)
+        changed, fields = _changed(batch, changes)
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.keys.lane_batch(batch.id), mapping={k: v for k, v in changed.to_hash().items() if k in changes})
+        pipe.hset(self.keys.lane_batch(batch.id), mapping=fields)
         pipe.zadd(self.keys.lane_provider_ids, {str(changed.provider_id): batch.created_at})
         pipe.execute()
         return changed
@@ -216,8 +214,9 @@ class BatchStore:
         """The batch is over: off the live index, its record kept for the retention period
         with its counts but without its task list (~39 B a task, no longer needed)."""
         changes.setdefault("counts", {**batch.counts, "total": len(batch.tasks)})
-        done = self.update(batch, **changes)
-        pipe = self.r.pipeline()
+        done, fields = _changed(batch, changes)
+        pipe = self.r.pipeline()  # one round trip, in one transaction
+        pipe.hset(self.keys.lane_batch(batch.id), mapping=fields)
         pipe.zrem(self.keys.lane_live, batch.id)
         pipe.hdel(self.keys.lane_batch(batch.id), "tasks")
         pipe.expire(self.keys.lane_batch(batch.id), self.retention_s)
