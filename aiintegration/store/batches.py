@@ -92,8 +92,9 @@ return 0
 """
 
 
-def _changed(batch: LaneBatch, changes: Mapping[str, Any]) -> tuple[LaneBatch, dict[str, HashValue]]:
-    """The batch with `changes`, and the hash fields they rewrite."""
+def _changed(batch: LaneBatch, changes: Mapping[str, Any]) -> tuple[LaneBatch, dict[Any, HashValue]]:
+    """The batch with `changes`, and the hash fields they rewrite (keys typed Any: redis-py's
+    `hset` wants its own key union)."""
     changed = batch.with_changes(**changes)
     return changed, {k: v for k, v in changed.to_hash().items() if k in changes}
 
