@@ -89,10 +89,11 @@ def admit(ctx: Context, task_id: str, group: str) -> bool:
     return size >= 0
 
 
-def return_to_lane(ctx: Context, task_id: str) -> str:
+def return_to_lane(ctx: Context, task_id: str, *, known: TaskRecord | None = None) -> str:
     """A process_task message for a lane task (its retry came due, a DLQ replay, the pending
-    sweep): it waits in the lane again, queued. Returns what became of it."""
-    record = ctx.tasks.get(task_id)
+    sweep): it waits in the lane again, queued. Returns what became of it. `known`: the record
+    as the caller just read it (else it is read here)."""
+    record = known or ctx.tasks.get(task_id)
     if record is None:
         return "skipped:missing"
     now = ctx.clock()

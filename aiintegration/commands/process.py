@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiintegration.commands import quotas
@@ -12,7 +11,7 @@ from aiintegration.commands.batches import return_to_lane
 from aiintegration.commands.chat import ChatStream, stream_for
 from aiintegration.commands.context import Context
 from aiintegration.commands.failures import handle_failure, mark_timed_out
-from aiintegration.commands.runner import Attempt
+from aiintegration.commands.runner import Attempt, OnDelta
 from aiintegration.commands.tracing import attempt_span, provider_span, record_failure, record_generation
 from aiintegration.commands.webhooks import notify_terminal
 from aiintegration.domain.budgets import window_keys
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 attempt_log = logging.getLogger("aiintegration.attempts")  # one line per attempt outcome
 S = TaskStatus
 RUNNABLE = frozenset({S.QUEUED, S.RETRYING, S.RUNNING})  # what a claim may take (it decides)
-OnDelta = Callable[[str], None]
 
 
 @dataclass
@@ -155,7 +153,7 @@ def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_t
         if seen is None or seen.status not in RUNNABLE:
             return f"skipped:{seen.status if seen else 'missing'}"
         if seen.lane:  # a batch-lane task is never run here (nor asks for realtime quota): it waits for a batch
-            return return_to_lane(ctx, task_id)
+            return return_to_lane(ctx, task_id, known=seen)
         read = _read_plan(ctx, seen)
         if isinstance(read, str):
             return read

@@ -93,7 +93,7 @@ def process_pending_tasks(ctx: Context, *, limit: int = 500) -> dict[str, Any]:
         for record in ctx.tasks.get_many(stale):
             if record and record.lane == LANE:
                 if not record.batch_ref:
-                    return_to_lane(ctx, record.id)  # lost on its way into the lane: it waits again
+                    return_to_lane(ctx, record.id, known=record)  # lost on its way into the lane: it waits again
                 continue
             if record and record.status == S.QUEUED and (record.enqueued_at or 0) < now - grace:
                 ctx.tasks.set_fields(record.id, enqueued_at=now)
