@@ -47,6 +47,18 @@ end
 #       request fingerprint, field, value, ...
 # Returns {1, id} (created), {0, first id} (the key named a task made from the same request)
 # or {2, first id} (the key named a task made from a different request: nothing written).
+# A finished record and its event stream expire after `ttl` seconds; the expiry index keeps
+# 2|id|status|tenant|requested_by, enough for the cleanup sweep to drop the id from every
+# listing index then (store/tasks.py reads it).
+_RETAIN = """
+local function retain(p, record, stream, id, status, tenant, by, now, ttl)
+  redis.call('EXPIRE', record, ttl)
+  redis.call('EXPIRE', stream, ttl)
+  redis.call('ZADD', p .. ':idx:expiry', now + ttl,
+    '2|' .. id .. '|' .. status .. '|' .. (tenant or 'default') .. '|' .. (by or ''))
+end
+"""
+
 CREATE = _EMIT + """
 local p, id = ARGV[1], ARGV[2]
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, id} end  -- named by a redelivered message: made already
@@ -146,7 +158,7 @@ return out
 #       then n (type, data) pairs, then field, value, ...
 # Returns {1, old status} or {0, current status ('' when the task does not exist)}.
 # The record is read once (one HMGET of the fields it needs; `provider` as the change leaves it).
-TRANSITION = _EMIT + """
+TRANSITION = _EMIT + _RETAIN + """
 local p, to, now = ARGV[1], ARGV[3], ARGV[6]
 local st, id, tenant, by, created, ttype, prov, bc, bt, bd, bm, required = unpack(redis.call('HMGET', KEYS[1],
   'status', 'id', 'tenant', 'requested_by', 'created_at', 'task_type', 'provider', 'budget_cost', 'budget_tokens',
@@ -177,11 +189,7 @@ if ARGV[13] ~= '' then
 end
 local ttl = tonumber(ARGV[7])
 if ttl > 0 then
-  redis.call('EXPIRE', KEYS[1], ttl)
-  redis.call('EXPIRE', KEYS[2], ttl)
-  -- 2|id|status|tenant|requested_by: enough to drop the id from every index once the record expires
-  redis.call('ZADD', p .. ':idx:expiry', tonumber(now) + ttl, '2|' .. id .. '|' .. to .. '|' .. tenant .. '|' ..
-    (by or ''))
+  retain(p, KEYS[1], KEYS[2], id, to, tenant, by, tonumber(now), ttl)
   redis.call('ZADD', p .. ':idx:compact', now, id)  -- its event stream is folded in later (COMPACT)
 elseif ttl < 0 then
   redis.call('PERSIST', KEYS[1])
@@ -284,13 +292,11 @@ return 1
 # KEYS: task, task stream. ARGV: prefix, ttl, now.
 # The record and its events expire after `ttl` seconds, and it is put on the expiry index so
 # the cleanup sweep drops its id from every listing index then. Returns 1, or 0 if it is gone.
-RETAIN = """
+RETAIN = _RETAIN + """
 local p, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local id, st, tenant, by = unpack(redis.call('HMGET', KEYS[1], 'id', 'status', 'tenant', 'requested_by'))
 if not id then return 0 end
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('EXPIRE', KEYS[2], ttl)
-redis.call('ZADD', p .. ':idx:expiry', now + ttl, '2|' .. id .. '|' .. st .. '|' .. (tenant or 'default') .. '|' .. by)
+retain(p, KEYS[1], KEYS[2], id, st, tenant, by, now, ttl)
 return 1
 """
 
