@@ -16,17 +16,15 @@ from typing import Any
 from aiintegration.commands.batches import batch_api, checkpoint, live_batches, locked, return_to_lane, start
 from aiintegration.commands.context import Context
 from aiintegration.commands.failures import handle_failure
+from aiintegration.commands.usage import ledger_entry, price, usage_samples
 from aiintegration.commands.webhooks import notify_terminal
 from aiintegration.domain.batching import COMPLETION_WINDOW_S, round_estimate_s, survives_another_round
-from aiintegration.domain.budgets import window_keys
 from aiintegration.domain.lane_batch import POLLED, BatchStatus, LaneBatch, final_counts
-from aiintegration.domain.pricing import estimate_cost
 from aiintegration.domain.records import TaskRecord
 from aiintegration.domain.states import TaskStatus
 from aiintegration.errors import AIIntegrationError, ProviderUnavailable
 from aiintegration.providers.base import BatchAPI, BatchOutcome, Generation, ProviderBatch
 from aiintegration.store.metrics import Sample, counter
-from aiintegration.store.usage import usage_arg
 
 log = logging.getLogger(__name__)
 S, B = TaskStatus, BatchStatus
@@ -139,12 +137,7 @@ def batch_usage(record: TaskRecord, provider: str, generation: Generation, cost:
     """What a batch answer counts: its tokens and cost labelled `lane="batch"`, and what it
     saved against the realtime price. The seam for the provider-quotas issue: its usage
     ledger counts batch tokens here, against the batch limits, never the realtime ones."""
-    labels = {"provider": provider, "task_type": record.task_type, "lane": "batch"}
-    usage = generation.usage
-    samples = [counter("aii_tokens_total", usage.input_tokens, direction="input", **labels),
-               counter("aii_tokens_total", usage.output_tokens, direction="output", **labels)]
-    if cost:
-        samples.append(counter("aii_cost_total", cost, **labels))
+    samples = usage_samples(generation.usage, cost, provider=provider, task_type=record.task_type, lane="batch")
     if saved:
         samples.append(counter("aii_batch_saved_cost_total", saved, provider=provider))
     return samples
@@ -153,16 +146,9 @@ def batch_usage(record: TaskRecord, provider: str, generation: Generation, cost:
 def _succeeded(ctx: Context, batch: LaneBatch, record: TaskRecord, generation: Generation) -> str:
     now = ctx.clock()
     model = generation.model or batch.model
-    usage = generation.usage
-    cost, full = (estimate_cost(ctx.settings.prices, model=model, provider=batch.provider, batch=lane,
-                                input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                                cached_input_tokens=usage.cached_input_tokens,
-                                cache_write_tokens=usage.cache_write_tokens)
+    cost, full = (price(ctx, generation.usage, model=model, provider=batch.provider, batch=lane)
                   for lane in (True, False))
-    windows = window_keys(now)
-    ledger = usage_arg(day=windows["day"], month=windows["month"], tenant=record.tenant, provider=batch.provider,
-                       model=model, input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
-                       output_tokens=usage.output_tokens, cost=cost)
+    ledger = ledger_entry(now, generation.usage, tenant=record.tenant, provider=batch.provider, model=model, cost=cost)
     result = {**generation.to_result(), "model": model, "batch": True, "batch_id": batch.provider_id}
     done, before = ctx.tasks.transition(
         record.id, to=S.SUCCEEDED, run_id=batch.id,

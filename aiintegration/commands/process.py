@@ -13,9 +13,8 @@ from aiintegration.commands.context import Context
 from aiintegration.commands.failures import handle_failure, mark_timed_out
 from aiintegration.commands.runner import Attempt, OnDelta
 from aiintegration.commands.tracing import attempt_span, provider_span, record_failure, record_generation
+from aiintegration.commands.usage import ledger_entry, price, usage_samples
 from aiintegration.commands.webhooks import notify_terminal
-from aiintegration.domain.budgets import window_keys
-from aiintegration.domain.pricing import estimate_cost
 from aiintegration.domain.records import TaskRecord
 from aiintegration.domain.routing import Route
 from aiintegration.domain.states import TaskStatus
@@ -28,9 +27,8 @@ from aiintegration.errors import (
     TransientError,
 )
 from aiintegration.providers.base import Generation, GenerationRequest, Provider
-from aiintegration.store.metrics import Sample, counter, observation
+from aiintegration.store.metrics import Sample, observation
 from aiintegration.store.tasks import Claim
-from aiintegration.store.usage import usage_arg
 
 log = logging.getLogger(__name__)
 attempt_log = logging.getLogger("aiintegration.attempts")  # one line per attempt outcome
@@ -282,20 +280,12 @@ def _succeeded(ctx: Context, record: TaskRecord, provider: Provider, generation:
     result = generation.to_result()
     now = ctx.clock()
     labels = {"provider": provider.name, "task_type": record.task_type}
-    usage = generation.usage
+    cost = price(ctx, generation.usage, model=generation.model, provider=provider.name)
     metrics: list[Sample] = [observation("aii_provider_call_seconds", round(call_s, 6), **labels),
-                             counter("aii_tokens_total", usage.input_tokens, direction="input", **labels),
-                             counter("aii_tokens_total", usage.output_tokens, direction="output", **labels)]
-    cost = estimate_cost(ctx.settings.prices, model=generation.model, provider=provider.name,
-                         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                         cached_input_tokens=usage.cached_input_tokens, cache_write_tokens=usage.cache_write_tokens)
-    if cost:
-        metrics.append(counter("aii_cost_total", cost, **labels))
+                             *usage_samples(generation.usage, cost, **labels)]
     report.cost = cost
-    windows = window_keys(now)
-    ledger = usage_arg(day=windows["day"], month=windows["month"], tenant=record.tenant, provider=provider.name,
-                       model=generation.model, input_tokens=usage.input_tokens,
-                       cached_input_tokens=usage.cached_input_tokens, output_tokens=usage.output_tokens, cost=cost)
+    ledger = ledger_entry(now, generation.usage, tenant=record.tenant, provider=provider.name, model=generation.model,
+                          cost=cost)
     done, before = ctx.tasks.transition(
         record.id, to=S.SUCCEEDED, run_id=run_id,
         events=[("task.succeeded", {"attempt": record.attempts, "provider": provider.name,

@@ -14,10 +14,37 @@ from aiintegration.domain.budgets import KINDS, WINDOWS, window_end, window_keys
 from aiintegration.domain.pricing import estimate_cost
 from aiintegration.domain.submission import Submission
 from aiintegration.errors import BudgetExceeded, ValidationError
-from aiintegration.providers.base import GenerationRequest
+from aiintegration.providers.base import GenerationRequest, Usage
+from aiintegration.store.metrics import Sample, counter
+from aiintegration.store.usage import usage_arg
 
 MAX_DAYS = 366
 DEFAULT_DAYS = 7
+
+
+# -- what a success costs, for a realtime attempt and a batch item alike --------------------
+def price(ctx: Context, usage: Usage, *, model: str, provider: str, batch: bool = False) -> float:
+    """A call's exact cost at the price table (cached and cache-write tokens priced apart)."""
+    return estimate_cost(ctx.settings.prices, model=model, provider=provider, batch=batch,
+                         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                         cached_input_tokens=usage.cached_input_tokens, cache_write_tokens=usage.cache_write_tokens)
+
+
+def ledger_entry(now: float, usage: Usage, *, tenant: str, provider: str, model: str, cost: float) -> str:
+    """The succeeding transition's usage argument: the tenant's daily and monthly ledger rows."""
+    windows = window_keys(now)
+    return usage_arg(day=windows["day"], month=windows["month"], tenant=tenant, provider=provider, model=model,
+                     input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
+                     output_tokens=usage.output_tokens, cost=cost)
+
+
+def usage_samples(usage: Usage, cost: float, **labels: str) -> list[Sample]:
+    """aii_tokens_total (input, output) and aii_cost_total (when it cost anything)."""
+    samples = [counter("aii_tokens_total", usage.input_tokens, direction="input", **labels),
+               counter("aii_tokens_total", usage.output_tokens, direction="output", **labels)]
+    if cost:
+        samples.append(counter("aii_cost_total", cost, **labels))
+    return samples
 
 
 def _estimate(ctx: Context, sub: Submission) -> tuple[float, int]:
