@@ -90,6 +90,14 @@ class Keys:
     def quota_clocks(self, provider: str, bucket: str) -> str:
         """Per tenant, the virtual time of its last place in the wait line (fair share)."""
         return f"{self.prefix}:quota:{{{provider}}}:{bucket}:clocks"
+    # usage ledger and budget reservations (store/usage.py; TRANSITION writes the ledger)
+    def usage(self, window: str, key: str) -> str:
+        """A window's ledger hash: `window` "day" (key 2026-11-30) or "month" (key 2026-11)."""
+        return f"{self.prefix}:usage:{key}" if window == "day" else f"{self.prefix}:usage:month:{key}"
+
+    def budget_reserved(self, tenant: str, window: str, key: str) -> str:
+        return f"{self.prefix}:budget:{tenant}:{window}:{key}"
+
     # the batch lane (store/batches.py)
     def lane_waiting(self, group: str) -> str:
         """Lane tasks waiting for a batch of one provider|model (sorted set: id → when admitted)."""

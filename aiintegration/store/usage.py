@@ -59,17 +59,11 @@ class UsageStore:
         self.r, self.keys = client, keys
         self._reserve = client.register_script(RESERVE)
 
-    def _usage_key(self, window: str, key: str) -> str:
-        return f"{self.keys.prefix}:usage:{key}" if window == "day" else f"{self.keys.prefix}:usage:month:{key}"
-
-    def _reserved_key(self, tenant: str, window: str, key: str) -> str:
-        return f"{self.keys.prefix}:budget:{tenant}:{window}:{key}"
-
     def reserve(self, tenant: str, windows: Mapping[str, str], limits: Mapping[tuple[str, str], float | None], *,
                 cost: float, tokens: int, ttls: Mapping[str, int]) -> tuple[str, str] | None:
         """None when reserved; else the (window, kind) whose budget is spent."""
-        keys = [self._usage_key("day", windows["day"]), self._reserved_key(tenant, "day", windows["day"]),
-                self._usage_key("month", windows["month"]), self._reserved_key(tenant, "month", windows["month"])]
+        keys = [self.keys.usage("day", windows["day"]), self.keys.budget_reserved(tenant, "day", windows["day"]),
+                self.keys.usage("month", windows["month"]), self.keys.budget_reserved(tenant, "month", windows["month"])]
         limit_args: list[str | float] = []
         for window in ("day", "month"):
             for kind in KINDS:
@@ -79,17 +73,17 @@ class UsageStore:
         return None if int(out[0]) == 1 else (str(out[1]), str(out[2]))
 
     def spent(self, tenant: str, window: str, key: str) -> dict[str, float]:
-        raw = cast(list[str | None], self.r.hmget(self._usage_key(window, key), [f"{tenant}|{k}" for k in KINDS]))
+        raw = cast(list[str | None], self.r.hmget(self.keys.usage(window, key), [f"{tenant}|{k}" for k in KINDS]))
         return {k: float(v or 0) for k, v in zip(KINDS, raw, strict=True)}
 
     def reserved(self, tenant: str, window: str, key: str) -> dict[str, float]:
-        raw = cast(list[str | None], self.r.hmget(self._reserved_key(tenant, window, key), list(KINDS)))
+        raw = cast(list[str | None], self.r.hmget(self.keys.budget_reserved(tenant, window, key), list(KINDS)))
         return {k: max(0.0, float(v or 0)) for k, v in zip(KINDS, raw, strict=True)}
 
     def day(self, day: str) -> list[dict[str, Any]]:
         """One day's ledger rows: {"day", "tenant", "provider", "model", "requests", ...}."""
         rows: dict[tuple[str, str, str], dict[str, Any]] = {}
-        for field, value in cast(dict[str, str], self.r.hgetall(self._usage_key("day", day))).items():
+        for field, value in cast(dict[str, str], self.r.hgetall(self.keys.usage("day", day))).items():
             parts = field.split("|")
             if len(parts) != 4:
                 continue  # a tenant's totals
@@ -105,6 +99,6 @@ class UsageStore:
         cost, tokens, day, month = budget
         pipe = self.r.pipeline(transaction=False)
         for window, key in (("day", day), ("month", month)):
-            pipe.hincrbyfloat(self._reserved_key(tenant, window, key), "cost", -cost)
-            pipe.hincrbyfloat(self._reserved_key(tenant, window, key), "tokens", -tokens)
+            pipe.hincrbyfloat(self.keys.budget_reserved(tenant, window, key), "cost", -cost)
+            pipe.hincrbyfloat(self.keys.budget_reserved(tenant, window, key), "tokens", -tokens)
         pipe.execute()
