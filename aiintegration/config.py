@@ -20,6 +20,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return float(raw) if raw else default
 
 
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if not value > 0:
+        raise ValueError(f"{name}: a number of seconds above 0")
+    return value
+
+
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(_float(env, name, default))
 
@@ -77,6 +84,7 @@ class Settings:
     dlq_retention_s: int = 30 * 86400  # dead-lettered records and their DLQ entries
     chat_idle_ttl_s: int = 7 * 86400  # an open chat session with no activity for this long expires
     events_compact_after_s: float = 300.0  # a finished task's event stream folds into its record
+    metrics_flush_s: float = 1.0  # a process writes its buffered histograms and usage counters this often
     idempotency_ttl_s: int = 86400
     task_stream_maxlen: int = 2000
     global_stream_maxlen: int = 100000
@@ -132,6 +140,7 @@ class Settings:
             dlq_retention_s=_int(env, "AII_DLQ_RETENTION_S", cls.dlq_retention_s),
             chat_idle_ttl_s=_int(env, "AII_CHAT_IDLE_TTL_S", cls.chat_idle_ttl_s),
             events_compact_after_s=_float(env, "AII_EVENTS_COMPACT_AFTER_S", cls.events_compact_after_s),
+            metrics_flush_s=_positive(env, "AII_METRICS_FLUSH_S", cls.metrics_flush_s),
             webhook_secret=env.get("AII_WEBHOOK_SECRET", ""),
             webhook_allow_private=env.get("AII_WEBHOOK_ALLOW_PRIVATE", "") in ("1", "true", "yes"),
             provider_allow_private=env.get("AII_PROVIDER_ALLOW_PRIVATE", "") in ("1", "true", "yes"),

@@ -93,13 +93,14 @@ class Context:
             s.providers, s.provider_env, local_latency_ms=s.local_latency_ms))
         breakers = Breakers(s.redis_url, client, keys=keys, fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s,
                             on_change=lambda name, old, new: breaker_event(events, name, old, new))
-        tasks = TaskStore(client, keys=keys, retention_s=s.retention_s, idempotency_ttl_s=s.idempotency_ttl_s,
+        metrics = MetricsStore(client, keys=keys, flush_s=s.metrics_flush_s)
+        tasks = TaskStore(client, keys=keys, metrics=metrics, retention_s=s.retention_s, idempotency_ttl_s=s.idempotency_ttl_s,
                           task_stream_maxlen=s.task_stream_maxlen, global_stream_maxlen=s.global_stream_maxlen)
         ctx = cls(
             settings=s, publisher=publisher, tasks=tasks, dlq=DlqStore(client, keys=keys),
             chats=ChatStore(client, keys=keys, retention_s=s.retention_s, idle_ttl_s=s.chat_idle_ttl_s), providers=providers, events=events,
             breakers=breakers, broker=BrokerQueue(client), workers=WorkerRegistry(client, keys=keys),
-            sweeps=SweepStore(client, keys=keys), metrics=MetricsStore(client, keys=keys),
+            sweeps=SweepStore(client, keys=keys), metrics=metrics,
             feeds=OpenFeeds(client, keys=keys), quotas=QuotaStore(client, keys=keys, window_s=s.quota_window_s),
             usage=UsageStore(client, keys=keys), router=Router(providers, blocked_for=breakers.blocked_for),
             runner=AttemptRunner(tasks, lease_s=s.lease_s),

@@ -10,31 +10,10 @@ local function emit(tstream, gstream, tmax, gmax, etype, data)
   redis.call('XADD', tstream, 'MAXLEN', '~', tmax, '*', 'type', etype, 'data', data)
   redis.call('XADD', gstream, 'MAXLEN', '~', gmax, '*', 'type', etype, 'data', data)
 end
-local BUCKETS = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}
--- Counters live in one hash so /metrics sees every worker's work; the web process turns it
--- into Prometheus series. Histogram buckets are stored non-cumulative; a histogram's count is
--- the sum of its buckets (store/metrics.py), so no count field is kept.
-local function observe(p, name, labels, value)
-  local key = p .. ':metrics'
-  local le = '+Inf'
-  for _, b in ipairs(BUCKETS) do if value <= b then le = tostring(b) break end end
-  redis.call('HINCRBY', key, name .. '_bucket|' .. labels .. '|' .. le, 1)
-  redis.call('HINCRBYFLOAT', key, name .. '_sum|' .. labels, value)
-end
-local function count(p, field, by)
-  redis.call('HINCRBYFLOAT', p .. ':metrics', field, by or 1)
-end
--- store/metrics.py's encoding: 'name|labels=value' counters, '~name|labels=value' observations
-local function apply_metrics(p, encoded)
-  for pair in string.gmatch(encoded, '[^;]+') do
-    local field, by = string.match(pair, '^(.*)=([^=]+)$')
-    if string.sub(field, 1, 1) == '~' then
-      local name, labels = string.match(string.sub(field, 2), '^([^|]*)|(.*)$')
-      observe(p, name, labels, tonumber(by))
-    else
-      count(p, field, tonumber(by))
-    end
-  end
+-- The four task counters that follow from state changes are counted here, with the change, so
+-- they are exact; every other metric is buffered by the process (store/metrics.py).
+local function count(p, field)
+  redis.call('HINCRBYFLOAT', p .. ':metrics', field, 1)
 end
 local function move_status(p, id, old, new, created)
   if old ~= '' then redis.call('ZREM', p .. ':idx:status:' .. old, id) end
@@ -94,7 +73,8 @@ return {1, id}
 #       chosen from the message's route without reading the record, and the claim is refused
 #       ({0, status, 'route'}) unless the record has that task type and pinned provider.
 # Claims a queued task, a retrying task that is due, or a running task whose lease has
-# expired (its worker died). Returns {1, old status, hash...} (the record as claimed) or
+# expired (its worker died). Returns {1, old status, seconds it waited in the queue, seconds
+# it waited for quota ('' if it did not), hash...} (the record as claimed) or
 # {0, current status}, or {0, current status, 'lane'} for a task of the batch lane: a worker
 # never runs those, it hands them (back) to the lane. The record is read once, whole.
 CLAIM = _EMIT + """
@@ -124,10 +104,10 @@ local id = h['id']
 local attempt = (tonumber(h['attempts']) or 0) + 1
 local since = tonumber(h['enqueued_at']) or now
 if st == 'retrying' then since = tonumber(h['retry_at']) or since end
-observe(p, 'aii_task_queue_wait_seconds', 'task_type=' .. ttype, math.max(0, now - since))
-local throttled = tonumber(h['throttled_at'])
+local queued_s = string.format('%.6f', math.max(0, now - since))
+local throttled, throttled_s = tonumber(h['throttled_at']), ''
 if throttled then  -- admitted after waiting for a provider's quota
-  observe(p, 'aii_ratelimit_wait_seconds', 'provider=' .. ARGV[10], math.max(0, now - throttled))
+  throttled_s = string.format('%.6f', math.max(0, now - throttled))
   redis.call('HDEL', KEYS[1], 'throttled_at')
   h['throttled_at'] = nil
 end
@@ -144,19 +124,20 @@ move_status(p, id, st, 'running', h['created_at'])
 emit(KEYS[2], KEYS[3], ARGV[8], ARGV[9], 'task.started', cjson.encode({type = 'task.started', at = ARGV[3],
   task_id = id, attempt = attempt, worker_id = ARGV[4], recovered = recovered}))
 for i = 1, #changes, 2 do h[changes[i]] = changes[i + 1] end
-local out = {1, st}
+local out = {1, st, queued_s, throttled_s}
 for k, v in pairs(h) do out[#out + 1] = k; out[#out + 1] = v end
 return out
 """
 
 # KEYS: task, task stream, global stream
 # ARGV: prefix, from (comma list), to, require field, require value, now, ttl (>0 expire,
-#       -1 persist, 0 leave), n events, metrics (store/metrics.py encodes them), tmax, gmax,
+#       -1 persist, 0 leave), n events, tmax, gmax,
 #       retry_at, dlq entry, terminal ('1' when `to` is terminal: counted as finished, and a
 #       budget reservation made at submission is released), usage ('' or store/usage.py's
 #       encoding: the call's tokens and cost into the day's and month's ledgers),
 #       then n (type, data) pairs, then field, value, ...
-# Returns {1, old status} or {0, current status ('' when the task does not exist)}.
+# Returns {1, old status, task type, seconds since it was created} (the caller buffers the
+# metrics, store/metrics.py) or {0, current status ('' when the task does not exist)}.
 # The record is read once (one HMGET of the fields it needs; `provider` as the change leaves it).
 TRANSITION = _EMIT + _RETAIN + """
 local p, to, now = ARGV[1], ARGV[3], ARGV[6]
@@ -171,7 +152,7 @@ if ARGV[4] ~= '' and required ~= ARGV[5] then return {0, st} end
 tenant, ttype, created = tenant or 'default', ttype or '', tonumber(created) or tonumber(now)
 local nev = tonumber(ARGV[8])
 local fields = {'status', to, 'updated_at', now}
-for i = 16 + 2 * nev, #ARGV, 2 do
+for i = 15 + 2 * nev, #ARGV, 2 do
   fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 1]
   if ARGV[i] == 'provider' then prov = ARGV[i + 1] end
 end
@@ -180,10 +161,10 @@ if to ~= 'running' then
   redis.call('ZREM', p .. ':idx:deadline', id)
   redis.call('ZREM', p .. ':idx:lease', id)
 end
-if to == 'retrying' then redis.call('ZADD', p .. ':idx:retry', ARGV[12], id)
+if to == 'retrying' then redis.call('ZADD', p .. ':idx:retry', ARGV[11], id)
 elseif st == 'retrying' then redis.call('ZREM', p .. ':idx:retry', id) end  -- only a retrying task is there
-if ARGV[13] ~= '' then
-  redis.call('HSET', p .. ':dlq', id, ARGV[13])
+if ARGV[12] ~= '' then
+  redis.call('HSET', p .. ':dlq', id, ARGV[12])
   redis.call('ZADD', p .. ':idx:dlq', now, id)  -- waiting for a decision
   redis.call('ZADD', p .. ':idx:dlq_kept', now, id)  -- every entry, for the DLQ retention
 end
@@ -196,8 +177,8 @@ elseif ttl < 0 then
   redis.call('PERSIST', KEYS[2])
 end
 move_status(p, id, st, to, created)
-if ARGV[15] ~= '' then
-  local day, month, who, via, model, req, inp, cached, out, cost = string.match(ARGV[15],
+if ARGV[14] ~= '' then
+  local day, month, who, via, model, req, inp, cached, out, cost = string.match(ARGV[14],
     '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
   local dkey, mkey = p .. ':usage:' .. day, p .. ':usage:month:' .. month
   local f = who .. '|' .. via .. '|' .. model .. '|'
@@ -219,7 +200,7 @@ if ARGV[15] ~= '' then
     redis.call('EXPIRE', mkey, 400 * 86400)
   end
 end
-if ARGV[14] == '1' then
+if ARGV[13] == '1' then
   if bd and bd ~= '' then  -- a reservation made at submission (a record without one holds '')
     for _, window in ipairs({'day:' .. bd, 'month:' .. bm}) do
       local rkey = p .. ':budget:' .. tenant .. ':' .. window
@@ -229,16 +210,13 @@ if ARGV[14] == '1' then
     redis.call('HDEL', KEYS[1], 'budget_cost', 'budget_tokens', 'budget_day', 'budget_month')
   end
   count(p, 'aii_tasks_finished_total|status=' .. to .. ',task_type=' .. ttype .. ',provider=' .. (prov or ''))
-  observe(p, 'aii_task_duration_seconds', 'status=' .. to .. ',task_type=' .. ttype,
-    math.max(0, tonumber(now) - created))
 elseif to == 'retrying' then
   count(p, 'aii_task_retries_total|task_type=' .. ttype)
 elseif to == 'timed_out' then
   count(p, 'aii_tasks_timed_out_total|task_type=' .. ttype)
 end
-apply_metrics(p, ARGV[9])
-for i = 0, nev - 1 do emit(KEYS[2], KEYS[3], ARGV[10], ARGV[11], ARGV[16 + 2 * i], ARGV[17 + 2 * i]) end
-return {1, st}
+for i = 0, nev - 1 do emit(KEYS[2], KEYS[3], ARGV[9], ARGV[10], ARGV[15 + 2 * i], ARGV[16 + 2 * i]) end
+return {1, st, ttype, string.format('%.6f', math.max(0, tonumber(now) - created))}
 """
 
 # KEYS: task keys. ARGV: prefix, lease_until, run_id per key.
@@ -301,15 +279,13 @@ return 1
 """
 
 
-# KEYS: task, task stream, global stream. ARGV: prefix, event type, event data, tmax, gmax, metrics,
+# KEYS: task, task stream, global stream. ARGV: prefix, event type, event data, tmax, gmax,
 #       then field, value pairs set only where the record has none yet.
-# An event that changes no state (task.throttled): appended to both streams with its metrics.
+# An event that changes no state (task.throttled): appended to both streams.
 # Returns 0 when the task does not exist.
 NOTE = _EMIT + """
-local p = ARGV[1]
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-for i = 7, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
-apply_metrics(p, ARGV[6])
+for i = 6, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
 emit(KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[2], ARGV[3])
 return 1
 """

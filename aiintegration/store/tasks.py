@@ -25,7 +25,7 @@ from aiintegration.domain.submission import Submission
 from aiintegration.errors import IdempotencyKeyReused
 from aiintegration.store import scripts
 from aiintegration.store.keys import Keys
-from aiintegration.store.metrics import Sample, encode_samples
+from aiintegration.store.metrics import MetricsStore, Sample, observation
 from aiintegration.store.streams import Rows, StreamReader, stream_after, stream_id_key
 
 S = TaskStatus
@@ -53,10 +53,11 @@ def event_data(event: str, task_id: str, now: float, **fields: Any) -> str:
 
 
 class TaskStore:
-    def __init__(self, client: redis.Redis, *, keys: Keys, retention_s: int = 604800,
+    def __init__(self, client: redis.Redis, *, keys: Keys, metrics: MetricsStore, retention_s: int = 604800,
                  idempotency_ttl_s: int = 86400, task_stream_maxlen: int = 2000, global_stream_maxlen: int = 100000):
         self.r = client
         self.keys = keys
+        self.metrics = metrics  # where the samples of a change go, once it is made
         self.retention_s = retention_s
         self.idempotency_ttl_s = idempotency_ttl_s
         self.maxlens = (str(task_stream_maxlen), str(global_stream_maxlen))
@@ -113,8 +114,13 @@ class TaskStore:
         if not out[0]:
             why = str(out[2]) if len(out) > 2 else ""
             return Claim(False, str(out[1]), lane=why == "lane", off_route=why == "route")
-        flat = out[2:]
-        return Claim(True, str(out[1]), TaskRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True))))
+        queued_s, throttled_s, flat = out[2], out[3], out[4:]
+        record = TaskRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+        waits = [observation("aii_task_queue_wait_seconds", float(queued_s), task_type=record.task_type)]
+        if throttled_s:  # admitted after waiting for the provider's quota
+            waits.append(observation("aii_ratelimit_wait_seconds", float(throttled_s), provider=provider))
+        self.metrics.record(waits)
+        return Claim(True, str(out[1]), record)
 
     def transition(self, task_id: str, *, to: TaskStatus, allowed_from: Iterable[TaskStatus] | None = None,
                    events: Sequence[Event] = (), fields: Mapping[str, Any] | None = None,
@@ -125,9 +131,9 @@ class TaskStore:
         """Move a task to `to` if its status is one the state table allows (`allowed_from`
         may narrow it) and, with `run_id`, only if that attempt still owns it (`require`:
         another (field, value) that must hold, e.g. the lane batch holding a queued task);
-        `events`, field changes, metrics and a DLQ entry go in the same atomic step. Returns
-        (done, status before; '' when the task does not exist). Final states start the
-        retention clock; queued stops it."""
+        `events`, field changes, the usage ledger and a DLQ entry go in the same atomic step,
+        and `metrics` to this process's buffer once it is made. Returns (done, status before;
+        '' when the task does not exist). Final states start the retention clock; queued stops it."""
         allowed = ALLOWED_FROM[to] if allowed_from is None else frozenset(allowed_from)
         if not allowed <= ALLOWED_FROM[to]:
             raise ValueError(f"{sorted(allowed - ALLOWED_FROM[to])} -> {to} is not in the state table")
@@ -136,26 +142,35 @@ class TaskStore:
         field, value = ("run_id", run_id) if run_id else require or ("", "")
         argv: list[Any] = [
             self.keys.prefix, ",".join(sorted(allowed)), str(to), field, value, now, ttl,
-            len(events), encode_samples(metrics), *self.maxlens, "" if retry_at is None else retry_at,
+            len(events), *self.maxlens, "" if retry_at is None else retry_at,
             dumps(dict(dlq_entry)) if dlq_entry else "", "1" if to in TERMINAL else "", usage,
         ]
         for name, event_fields in events:
             argv += [name, event_data(name, task_id, now, **event_fields)]
         for k, v in (fields or {}).items():
             argv += [k, encode_field(v)]
-        done, before = self._transition(keys=self._script_keys(task_id), args=argv)
-        return bool(done), str(before)
+        out = self._transition(keys=self._script_keys(task_id), args=argv)
+        if not out[0]:
+            return False, str(out[1])
+        if to in TERMINAL:
+            task_type, since_created = out[2], float(out[3])
+            metrics = [*metrics, observation("aii_task_duration_seconds", since_created, status=str(to),
+                                             task_type=str(task_type))]
+        self.metrics.record(metrics)
+        return True, str(out[1])
 
     def note(self, task_id: str, event: str, event_fields: Mapping[str, Any], *, metrics: Sequence[Sample] = (),
              first: Mapping[str, Any] | None = None, now: float | None = None) -> bool:
         """An event that changes no state (e.g. `task.throttled`), with its metrics; `first`
         fields are set only where the record has none yet. False when the task is gone."""
         now = time.time() if now is None else now
-        argv: list[Any] = [self.keys.prefix, event, event_data(event, task_id, now, **event_fields), *self.maxlens,
-                           encode_samples(metrics)]
+        argv: list[Any] = [self.keys.prefix, event, event_data(event, task_id, now, **event_fields), *self.maxlens]
         for k, v in (first or {}).items():
             argv += [k, encode_field(v)]
-        return bool(self._note(keys=self._script_keys(task_id), args=argv))
+        noted = bool(self._note(keys=self._script_keys(task_id), args=argv))
+        if noted:
+            self.metrics.record(metrics)
+        return noted
 
     def heartbeat(self, attempts: Sequence[tuple[str, str]], *, lease_until: float) -> list[str]:
         """Extend the leases of (task_id, run_id) pairs; returns 'ok' or the current status."""

@@ -178,4 +178,5 @@ def test_operators_list_batches_newest_first_with_counts(lctx):
     assert only and {b["provider"] for b in only} == {"anthropic"}
     assert web.get("/v1/batches?status=sideways", headers=auth).status_code == 422
     wait_for(lambda: b"aii_batches_in_flight" in web.get("/metrics").data, timeout_s=2)
-    assert b'aii_batch_saved_cost_total{provider="openai"}' in web.get("/metrics").data
+    wait_for(lambda: b'aii_batch_saved_cost_total{provider="openai"}' in web.get("/metrics").data, timeout_s=5,
+             what="the buffered saved-cost counter")

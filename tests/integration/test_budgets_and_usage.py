@@ -15,7 +15,7 @@ from aiintegration.domain.budgets import parse_budgets
 from aiintegration.domain.providers import ProviderConfig
 from aiintegration.web import create_app
 from tests.fake_provider import Behaviour, FakeProvider
-from tests.support import Worker, make_context, wait_status
+from tests.support import Worker, make_context, wait_for, wait_status
 
 TINY, RICH, OPS = "tiny-token-0123456789ab", "rich-token-0123456789ab", "ops-token-budgets-012345"
 TOKENS = json.dumps({TINY: {"name": "tiny", "role": "client"}, RICH: {"name": "rich", "role": "client"},
@@ -90,11 +90,15 @@ def test_usage_the_tasks_costs_and_the_cost_metric_agree_and_cached_tokens_are_p
     assert row["requests"] == 3 and row["cached_input_tokens"] == 3000
     assert round(row["cost"], 2) == round(sum(r.cost for r in records), 2)
     assert row["cost"] == pytest.approx(sum(r.cost for r in records), abs=1e-9)
-    metrics = web.get("/metrics").get_data(as_text=True)
-    metric = sum(float(m.group(1)) for m in re.finditer(
-        r'aii_cost_total\{provider="openai",task_type="text_generation"\} ([0-9.e+-]+)', metrics))
     everyone = sum(r["cost"] for r in web.get("/v1/usage", headers=as_(OPS)).json["items"] if r["provider"] == "openai")
-    assert metric == pytest.approx(everyone, abs=1e-9)  # every tenant's openai calls (tiny's last one ran here too)
+
+    def exported() -> float:
+        return sum(float(m.group(1)) for m in re.finditer(
+            r'aii_cost_total\{provider="openai",task_type="text_generation"\} ([0-9.e+-]+)',
+            web.get("/metrics").get_data(as_text=True)))
+    # /metrics follows the ledger within the worker's metrics flush (every tenant's openai
+    # calls: tiny's last one ran here too)
+    wait_for(lambda: exported() == pytest.approx(everyone, abs=1e-9), timeout_s=5, what="aii_cost_total = the ledger")
     assert web.get("/v1/usage?tenant=tiny", headers=as_(RICH)).status_code == 403
     mine = web.get("/v1/usage", headers=as_(RICH)).json["items"]
     assert mine and {r["tenant"] for r in mine} == {"rich"}

@@ -15,7 +15,7 @@ from aiintegration.domain.auth import Caller, Role
 from aiintegration.domain.providers import ProviderConfig
 from tests.fake_limits import AccountLimits
 from tests.fake_provider import Behaviour, FakeProvider
-from tests.support import Worker, events_of, wait_status
+from tests.support import Worker, events_of, wait_for, wait_status
 
 KEY = "sk-test-LEAKCHECK-quotas-0123456789"
 WINDOW = 2.0
@@ -68,9 +68,13 @@ def test_work_above_the_configured_limit_is_scheduled_not_failed(ctx, worker, fa
     assert all(e["reason"].startswith(("requests", "paused")) and e["until"].endswith("Z") for e in throttled)
     first = next(e for e in events_of(ctx, ids[-1]))
     assert first["type"] == "task.created"
-    (waited,) = [h for h in ctx.metrics.read().histograms["aii_ratelimit_wait_seconds"]
-                 if h.labels == {"provider": "openai"}]
-    assert waited.buckets[-1][1] >= len({e["task_id"] for e in throttled})  # one per attempt that waited
+
+    def waited() -> float:
+        (histogram,) = [h for h in ctx.metrics.read().histograms.get("aii_ratelimit_wait_seconds", [])
+                        if h.labels == {"provider": "openai"}] or [None]
+        return histogram.buckets[-1][1] if histogram else 0
+    # one per attempt that waited, once the worker's buffered metrics are written
+    wait_for(lambda: waited() >= len({e["task_id"] for e in throttled}), timeout_s=5, what="the wait histogram")
 
 
 def test_the_providers_headers_alone_teach_the_limit(ctx, worker, fake):

@@ -11,7 +11,7 @@ from aiintegration.domain.records import TaskOptions, TaskRecord
 from aiintegration.domain.routing import Candidate, choose_provider, usable
 from aiintegration.domain.states import TaskStatus
 from aiintegration.errors import NotFound, ProviderUnavailable, UnsupportedCapability, ValidationError
-from aiintegration.store.metrics import counter, decode, encode_samples, observation
+from aiintegration.store.metrics import bucket, counter, decode, fields_of, observation
 
 ALL = frozenset({"text_generation", "chat_completion", "image_generation"})
 TEXT = frozenset({"text_generation", "chat_completion"})
@@ -98,13 +98,16 @@ def test_a_feed_resumes_after_a_stream_id_and_refuses_anything_else():
             resume_point(junk)
 
 
-def test_the_metrics_protocol_round_trips_counters_and_histograms():
-    encoded = encode_samples([counter("aii_tokens_total", 12, direction="input", provider="open;ai"),
-                              observation("aii_provider_call_seconds", 0.25, provider="local")])
-    assert encoded == ("aii_tokens_total|direction=input,provider=open_ai=12;"
-                       "~aii_provider_call_seconds|provider=local=0.25")
-    # what the Lua scripts store for those samples (a histogram's count is its buckets' sum; the
-    # count field earlier versions kept is ignored)
+def test_the_metrics_layout_round_trips_counters_and_histograms():
+    assert fields_of(counter("aii_tokens_total", 12, direction="input", provider="open;ai")) == [
+        ("aii_tokens_total|direction=input,provider=open_ai", 12)]
+    assert fields_of(observation("aii_provider_call_seconds", 0.25, provider="local")) == [
+        ("aii_provider_call_seconds_bucket|provider=local|0.25", 1), ("aii_provider_call_seconds_sum|provider=local", 0.25)]
+    # the bucket names earlier versions' Lua wrote (tostring of the bound), so histograms carry on
+    assert [bucket(v) for v in (0, 0.05, 0.06, 1, 2.4, 3600, 3601)] == ["0.05", "0.05", "0.1", "1", "2.5", "3600",
+                                                                      "+Inf"]
+    # what the hash holds for such samples (a histogram's count is its buckets' sum; the count
+    # field earlier versions kept is ignored)
     stored = {"aii_tokens_total|direction=input,provider=open_ai": "12",
               "aii_provider_call_seconds_bucket|provider=local|0.25": "1",
               "aii_provider_call_seconds_bucket|provider=local|+Inf": "2",
