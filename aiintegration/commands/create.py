@@ -55,7 +55,12 @@ def create_generation_task(
     if pinned and not ctx.router.known(pinned):
         raise ValidationError("unknown provider", details={"options.provider": f"no provider named {pinned!r}"})
     sub = replace(sub, budget=reserve_budget(ctx, sub), lane_group=lane_group_for(ctx, sub))
-    task_id, created = ctx.tasks.create(sub, task_id=task_id, now=ctx.clock())
+    try:
+        task_id, created = ctx.tasks.create(sub, task_id=task_id, now=ctx.clock())
+    except Exception:
+        if sub.budget is not None:  # nothing was stored (a reused key, the store failing): nothing is held
+            ctx.usage.release(sub.tenant, sub.budget)
+        raise
     if not created and sub.budget is not None:
         ctx.usage.release(sub.tenant, sub.budget)  # a repeat: the first task holds its own reservation
     if created and sub.lane_group:  # the batch lane: it waits for a batch, no worker runs it

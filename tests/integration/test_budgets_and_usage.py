@@ -18,8 +18,9 @@ from tests.fake_provider import Behaviour, FakeProvider
 from tests.support import Worker, make_context, wait_for, wait_status
 
 TINY, RICH, OPS = "tiny-token-0123456789ab", "rich-token-0123456789ab", "ops-token-budgets-012345"
+KEYED = "keyed-token-0123456789ab"
 TOKENS = json.dumps({TINY: {"name": "tiny", "role": "client"}, RICH: {"name": "rich", "role": "client"},
-                     OPS: {"name": "platform", "role": "operator"}})
+                     OPS: {"name": "platform", "role": "operator"}, KEYED: {"name": "keyed", "role": "client"}})
 KEY = "sk-test-LEAKCHECK-budgets-0123456789"
 BODY = {"task_type": "text_generation", "request_content": {"prompt": "hello there", "max_tokens": 100},
         "requested_by": "budget-test"}
@@ -29,9 +30,14 @@ def as_(token):
     return {"Authorization": f"Bearer {token}"}
 
 
+def budget_of(web, tenant):
+    (view,) = [b for b in web.get("/v1/budgets", headers=as_(OPS)).json["items"] if b["tenant"] == tenant]
+    return view
+
+
 @pytest.fixture(scope="module")
 def bctx(db):
-    return make_context(db, api_tokens=parse_tokens(TOKENS), budgets=parse_budgets('{"tiny": {"daily_tokens": 250}}'))
+    return make_context(db, api_tokens=parse_tokens(TOKENS), budgets=parse_budgets('{"tiny": {"daily_tokens": 250}, "keyed": {"daily_tokens": 100000}}'))
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +59,13 @@ def test_a_spent_budget_refuses_new_work_until_its_window_ends_and_accepted_work
     midnight = (86400 - datetime.now(UTC).timestamp() % 86400)
     assert abs(int(resp.headers["Retry-After"]) - midnight) < 5
     assert web.post("/v1/tasks", json=BODY, headers=as_(RICH)).status_code == 202  # another tenant's is its own
-    view = web.get("/v1/budgets", headers=as_(OPS)).json["items"][0]
-    assert view["tenant"] == "tiny" and view["day"]["reserved"]["tokens"] > 250
+    view = budget_of(web, "tiny")
+    assert view["day"]["reserved"]["tokens"] > 250
     assert web.get("/v1/budgets", headers=as_(TINY)).status_code == 403
     with Worker(db, concurrency=4):
         records = [wait_status(bctx, task_id, ["succeeded"]) for task_id in accepted]
     used = sum(r.result["usage"]["input_tokens"] + r.result["usage"]["output_tokens"] for r in records)
-    view = web.get("/v1/budgets", headers=as_(OPS)).json["items"][0]
+    view = budget_of(web, "tiny")
     assert view["day"]["reserved"]["tokens"] == pytest.approx(0, abs=1e-6)  # released by the finishing transitions
     assert view["day"]["spent"]["tokens"] == used < 250  # the local answers were short
     assert web.post("/v1/tasks", json=BODY, headers=as_(TINY)).status_code == 202  # room again
@@ -102,3 +108,23 @@ def test_usage_the_tasks_costs_and_the_cost_metric_agree_and_cached_tokens_are_p
     assert web.get("/v1/usage?tenant=tiny", headers=as_(RICH)).status_code == 403
     mine = web.get("/v1/usage", headers=as_(RICH)).json["items"]
     assert mine and {r["tenant"] for r in mine} == {"rich"}
+
+
+def test_a_repeated_or_refused_idempotent_submission_holds_no_budget(web, bctx):
+    """Only the task a key created holds a reservation: a repeat gives its own back, and a
+    key reused for another request (422, nothing stored) leaves nothing reserved either."""
+    bctx.providers.set_order(["local"])
+
+    def held() -> float:
+        return budget_of(web, "keyed")["day"]["reserved"]["tokens"]
+
+    headers = {**as_(KEYED), "Idempotency-Key": "order-42"}
+    first = web.post("/v1/tasks", json=BODY, headers=headers)
+    assert first.status_code == 202
+    one = held()
+    assert one > 0
+    again = web.post("/v1/tasks", json=BODY, headers=headers)
+    assert again.json["id"] == first.json["id"] and held() == one
+    other = web.post("/v1/tasks", json={**BODY, "request_content": {"prompt": "something else"}}, headers=headers)
+    assert other.status_code == 422 and other.json["error"]["code"] == "idempotency_key_reused"
+    assert held() == one  # was one + the refused request's estimate before
