@@ -29,6 +29,7 @@ import signal
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from functools import wraps
 from typing import Any, TypeGuard
 
@@ -48,7 +49,8 @@ from aiintegration.domain.batching import (
 )
 from aiintegration.domain.lane_batch import UNSENT, BatchStatus, LaneBatch
 from aiintegration.domain.limits import DEFAULT_PAGE
-from aiintegration.domain.records import TaskRecord
+from aiintegration.domain.records import TaskOptions, TaskRecord, encode_field
+from aiintegration.domain.routing import Route
 from aiintegration.domain.states import TaskStatus
 from aiintegration.domain.submission import Submission, json_size
 from aiintegration.errors import AIIntegrationError, PermanentError, TransientError
@@ -70,11 +72,56 @@ def lane_group_for(ctx: Context, sub: Submission) -> str | None:
                       timeout_s=sub.options.timeout_s, requested_by=sub.requested_by,
                       chat=sub.chat_session_id is not None):
         return None
-    config = ctx.router.lane_provider(sub.task_type, pinned=sub.options.provider)
+    return _group_for(ctx, sub.task_type, sub.request_content, timeout_s=sub.options.timeout_s,
+                      pinned=sub.options.provider)
+
+
+def _group_for(ctx: Context, task_type: str, content: Mapping[str, Any], *, timeout_s: float,
+               pinned: str | None) -> str | None:
+    """The group a lane task waits in as the providers stand now (None: its provider has no
+    batch API, so it runs in realtime)."""
+    config = ctx.router.lane_provider(task_type, pinned=pinned)
     if config is None:
         return None
-    request = GenerationRequest(sub.task_type, sub.request_content, timeout_s=sub.options.timeout_s)
+    request = GenerationRequest(task_type, dict(content), timeout_s=timeout_s)
     return group_name(config.name, ctx.router.provider(config.name).model_for(request))
+
+
+def follow_switch(ctx: Context, from_provider: str, to_provider: str, *, limit: int) -> tuple[int, int]:
+    """After SwitchProvider: lane tasks waiting for `from_provider`'s batches go where the
+    lane would put them now — pinned ones re-pinned to `to_provider`, unpinned ones after the
+    new order, like a realtime task's next attempt — into that provider's group, or to a
+    worker when it has no batch API. A task a batch took already stays with it. Returns
+    (re-pinned, regrouped unpinned)."""
+    repinned = regrouped = 0
+    for group in ctx.lane.groups():
+        if split_group(group)[0] != from_provider:
+            continue
+        for record in ctx.tasks.get_many(ctx.lane.waiting(group, limit=limit)):
+            if not _waits_in_lane(record) or record.lane_group != group:
+                continue
+            repin = record.pinned_provider == from_provider
+            options = replace(record.options, provider=to_provider) if repin else record.options
+            target = _group_for(ctx, record.task_type, record.request_content, timeout_s=options.timeout_s,
+                                pinned=options.provider)
+            if target == group:
+                continue
+            fields = {"options": encode_field(options), "provider": to_provider} if repin else {}
+            if not ctx.lane.move(record.id, group, target, now=ctx.clock(), fields=fields):
+                continue  # a batch took it first: it finishes where it is
+            repinned, regrouped = repinned + repin, regrouped + (not repin)
+            if target is None:
+                ctx.enqueue(record.id, record.priority, route=Route(record.task_type, options.provider))
+        ctx.lane.forget_if_empty(group)
+    return repinned, regrouped
+
+
+def regroup_retrying(ctx: Context, record: TaskRecord, options: TaskOptions) -> dict[str, Any]:
+    """The lane fields of a retrying lane task re-pinned to another provider: its next turn
+    waits in that provider's group, or runs in realtime."""
+    target = _group_for(ctx, record.task_type, record.request_content, timeout_s=options.timeout_s,
+                        pinned=options.provider)
+    return {"lane_group": target} if target else {"lane": None, "lane_group": None}
 
 
 def admit(ctx: Context, task_id: str, group: str) -> bool:

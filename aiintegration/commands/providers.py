@@ -6,6 +6,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from aiintegration.commands.batches import follow_switch, regroup_retrying
 from aiintegration.commands.context import Context
 from aiintegration.commands.webhooks import check_target
 from aiintegration.domain.auth import TRUSTED, Caller
@@ -51,7 +52,8 @@ def overview(ctx: Context) -> dict[str, Any]:
 def switch_provider(ctx: Context, from_provider: Any, to_provider: Any, reason: Any,
                     caller: Caller = TRUSTED) -> dict[str, Any]:
     """Move `to` ahead of `from` in the preference order and re-pin queued/retrying tasks
-    pinned to `from`; running tasks finish where they are."""
+    pinned to `from`; running tasks finish where they are. Batch-lane tasks waiting for
+    `from`'s batches follow (`follow_switch`): `regrouped` counts the unpinned ones moved."""
     caller.require_operator("switching providers")
     if not isinstance(reason, str) or not reason.strip():
         raise ValidationError("reason is required", details={"reason": "a non-empty string"})
@@ -69,17 +71,23 @@ def switch_provider(ctx: Context, from_provider: Any, to_provider: Any, reason: 
     at = order.index(from_provider) if from_provider in order else 0
     order.insert(at, to_provider)
     ctx.providers.set_order(order)
+    ctx.router.invalidate()
     repinned = 0
     for status in (TaskStatus.QUEUED, TaskStatus.RETRYING):
         for record in ctx.tasks.get_many(ctx.tasks.in_status(status, limit=REPIN_LIMIT)):
-            if record and record.status == status and record.pinned_provider == from_provider:
-                options = replace(record.options, provider=to_provider)
-                ctx.tasks.set_fields(record.id, options=options, provider=to_provider)
-                repinned += 1
-    ctx.router.invalidate()
+            if not record or record.status != status or record.pinned_provider != from_provider:
+                continue
+            if record.lane and status == TaskStatus.QUEUED:
+                continue  # waiting in the lane (moved below, re-pin and all) or in a batch (stays with it)
+            options = replace(record.options, provider=to_provider)
+            lane = regroup_retrying(ctx, record, options) if record.lane else {}
+            ctx.tasks.set_fields(record.id, options=options, provider=to_provider, **lane)
+            repinned += 1
+    lane_repinned, regrouped = follow_switch(ctx, from_provider, to_provider, limit=REPIN_LIMIT)
+    repinned += lane_repinned
     ctx.events.append("provider.switched", from_provider=from_provider, to_provider=to_provider,
-                      reason=reason.strip(), repinned=repinned, order=order)
-    return {"order": order, "repinned": repinned}
+                      reason=reason.strip(), repinned=repinned, regrouped=regrouped, order=order)
+    return {"order": order, "repinned": repinned, "regrouped": regrouped}
 
 
 def check_provider_url(url: str, *, allow_private: bool) -> None:

@@ -33,6 +33,31 @@ redis.call('SADD', KEYS[3], ARGV[2])
 return redis.call('ZCARD', KEYS[2])
 """
 
+# KEYS: task, its waiting set now, the waiting set it moves to, groups set. ARGV: group now,
+#       group it moves to ('' = it leaves the lane: the caller sends it to a worker), now,
+#       then field, value pairs set with the move (a re-pin).
+# A task still waiting in group `now` (queued, in the lane, held by no batch) moves: it keeps
+# its place in line (the time it was admitted). Returns 1, or 0 when a batch took it first
+# or it no longer waits there.
+MOVE = """
+local st, lane, ref, grp, id = unpack(redis.call('HMGET', KEYS[1], 'status', 'lane', 'batch_ref', 'lane_group', 'id'))
+if st ~= 'queued' or lane ~= 'batch' or (ref and ref ~= '') or grp ~= ARGV[1] then return 0 end
+local since = redis.call('ZSCORE', KEYS[2], id) or ARGV[3]
+redis.call('ZREM', KEYS[2], id)
+local fields = {}
+for i = 4, #ARGV, 2 do fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 1] end
+if ARGV[2] == '' then
+  fields[#fields + 1], fields[#fields + 2] = 'lane', ''
+  fields[#fields + 1], fields[#fields + 2] = 'lane_group', ''
+else
+  fields[#fields + 1], fields[#fields + 2] = 'lane_group', ARGV[2]
+  redis.call('ZADD', KEYS[3], 'NX', since, id)
+  redis.call('SADD', KEYS[4], ARGV[2])
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+return 1
+"""
+
 # KEYS: waiting set, batch hash, batches index, live index. ARGV: prefix, batch id, created_at,
 # n field pairs, field, value, ..., then task ids.
 # Each task leaves the waiting set; those still queued lane tasks held by no batch get
@@ -108,6 +133,7 @@ class BatchStore:
         self._take = client.register_script(TAKE)
         self._release = client.register_script(RELEASE)
         self._forget_empty = client.register_script(FORGET_EMPTY)
+        self._move = client.register_script(MOVE)
         self._renew = client.register_script(RENEW)
         self._unlock = client.register_script(UNLOCK)
 
@@ -166,6 +192,17 @@ class BatchStore:
     def drop_waiting(self, group: str, task_ids: Sequence[str]) -> None:
         if task_ids:
             self.r.zrem(self.keys.lane_waiting(group), *task_ids)
+
+    def move(self, task_id: str, group: str, to: str | None, *, now: float,
+             fields: Mapping[str, HashValue] | None = None) -> bool:
+        """A task waiting in `group` waits in `to` instead (None: it leaves the lane), with
+        `fields` changed in the same step; False when a batch took it first."""
+        args: list[Any] = [group, to or "", now]
+        for k, v in (fields or {}).items():
+            args += [k, v]
+        target = self.keys.lane_waiting(to or group)
+        return bool(self._move(keys=[self.keys.task(task_id), self.keys.lane_waiting(group), target,
+                                     self.keys.lane_groups], args=args))
 
     def forget_if_empty(self, group: str) -> bool:
         return bool(self._forget_empty(keys=[self.keys.lane_waiting(group), self.keys.lane_groups], args=[group]))

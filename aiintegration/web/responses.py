@@ -60,7 +60,9 @@ class ProvidersSchema(Open):
 
 class SwitchedSchema(Open):
     order = fields.List(fields.String(), required=True)
-    repinned = fields.Integer()
+    repinned = fields.Integer(metadata={"description": "queued/retrying tasks pinned to `from` now pinned to `to`"})
+    regrouped = fields.Integer(metadata={"description": "unpinned batch-lane tasks that waited for `from`'s "
+                                                        "batches and now wait where the new order puts them"})
 
 
 class SessionSchema(Open):

@@ -17,6 +17,7 @@ from aiintegration.commands.context import Context
 from aiintegration.commands.create import create_generation_task
 from aiintegration.commands.lifecycle import cancel_task
 from aiintegration.commands.process import process_task
+from aiintegration.commands.providers import switch_provider
 from aiintegration.commands.sweeps import process_pending_tasks
 from aiintegration.config import Settings
 from aiintegration.domain.batching import parse_policy
@@ -126,6 +127,55 @@ def test_results_arrive_at_half_the_price_and_a_failed_item_near_its_deadline_re
     kinds = [e["type"] for e in events_of(lctx, flaky)]
     assert kinds == ["task.created", "task.batched", "task.started", "task.retrying", "task.started",
                      "task.succeeded"]
+
+
+@pytest.fixture
+def restore_order(lctx):
+    yield
+    lctx.providers.set_order(["openai", "anthropic", "local"])
+    lctx.router.invalidate()
+
+
+def test_switching_provider_moves_the_lane_tasks_waiting_for_it(lctx, restore_order):
+    """SwitchProvider re-pins what is pinned to `from`; lane tasks waiting for `from`'s batches
+    follow it: pinned ones re-pinned into `to`'s group, unpinned ones to where the new order
+    puts them. Nothing goes out in a batch of the provider switched away from."""
+    pinned = create(lctx, "pinned to openai")
+    unpinned = create(lctx, "whoever is first", provider=None)
+    assert {lctx.tasks.get(t).lane_group for t in (pinned, unpinned)} == {"openai|gpt-4o-mini"}
+    out = switch_provider(lctx, "openai", "anthropic", "openai is degraded")
+    assert out["repinned"] >= 1 and out["regrouped"] >= 1
+    moved = {t: lctx.tasks.get(t) for t in (pinned, unpinned)}
+    assert all(r.lane == "batch" and r.lane_group.startswith("anthropic|") for r in moved.values())
+    assert moved[pinned].options.provider == "anthropic" and moved[unpinned].options.provider is None
+    assert not {pinned, unpinned} & set(lctx.lane.waiting("openai|gpt-4o-mini", limit=1000))
+    assert {pinned, unpinned} <= set(lctx.lane.waiting(moved[pinned].lane_group, limit=1000))
+    assert lctx.publisher.task_ids == []  # still in the lane, no worker message
+    run_lane(lctx)
+    done = [lctx.tasks.get(t) for t in (pinned, unpinned)]
+    assert [(r.status, r.provider, r.result["batch"]) for r in done] == [("succeeded", "anthropic", True)] * 2
+
+
+def test_switching_to_a_provider_without_a_batch_api_sends_the_waiting_lane_tasks_to_workers(lctx, restore_order):
+    pinned = create(lctx, "pinned to openai")
+    unpinned = create(lctx, "whoever is first", provider=None)
+    held = create(lctx, "already in a batch being prepared")
+    lctx.tasks.set_fields(held, batch_ref="lane-batch-being-sent")  # what TAKE marks: that batch owns it
+    out = switch_provider(lctx, "openai", "local", "no more batches")
+    assert out["repinned"] >= 1 and out["regrouped"] >= 1
+    left = {t: lctx.tasks.get(t) for t in (pinned, unpinned)}
+    assert all(r.status == "queued" and r.lane is None and r.lane_group is None for r in left.values())
+    assert left[pinned].options.provider == "local" and left[unpinned].options.provider is None
+    assert set(lctx.publisher.task_ids) == {pinned, unpinned}  # each to a worker, once
+    kept = lctx.tasks.get(held)
+    assert (kept.lane, kept.lane_group, kept.options.provider) == ("batch", "openai|gpt-4o-mini", "openai")
+    for task_id in (pinned, unpinned):
+        assert process_task(lctx, task_id, worker_id="w@test") == "succeeded"
+    assert {lctx.tasks.get(t).provider for t in (pinned, unpinned)} == {"local"}
+    lctx.tasks.set_fields(held, batch_ref="")  # let this module's later lane runs take it
+    lctx.providers.set_order(["openai", "anthropic", "local"])
+    lctx.router.invalidate()
+    run_lane(lctx)
 
 
 def test_the_pending_sweep_leaves_lane_tasks_to_the_lane_and_readmits_a_lost_one(lctx):
