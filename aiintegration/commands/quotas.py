@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 from aiintegration.commands.context import Context
-from aiintegration.domain.quotas import RateLimits
+from aiintegration.domain.quotas import RateLimits, ask_again_after
 from aiintegration.domain.records import TaskRecord, iso
 from aiintegration.errors import RateLimited
 from aiintegration.providers.base import Generation, GenerationRequest, Provider
@@ -97,7 +97,7 @@ def bucket_of(provider: Provider, request: GenerationRequest) -> str:
 
 def throttle(ctx: Context, record: TaskRecord, refusal: Refusal) -> str:
     """Not admitted: the task keeps its status, says why, and its message comes back when the
-    bucket can cover it (at most AII_QUOTA_MAX_COUNTDOWN_S later, to ask again)."""
+    bucket can cover it, or sooner to ask again (`ask_again_after`)."""
     wait = refusal.admission.wait_s
     now = ctx.clock()
     ctx.tasks.note(record.id, "task.throttled", {"provider": refusal.provider, "until": iso(now + wait),
@@ -105,8 +105,9 @@ def throttle(ctx: Context, record: TaskRecord, refusal: Refusal) -> str:
                    metrics=[counter("aii_throttled_total", 1, provider=refusal.provider,
                                     reason=refusal.admission.reason.removesuffix("_queued"))],
                    first={"throttled_at": now}, now=now)
-    ctx.enqueue(record.id, record.priority, max(0.05, min(wait, ctx.settings.quota_max_countdown_s)),
-                attempt=record.attempts + 1, route=record.route)
+    countdown = ask_again_after(wait, cap_s=ctx.settings.quota_max_countdown_s,
+                                ceiling_s=ctx.settings.visibility_timeout_s / 2)
+    ctx.enqueue(record.id, record.priority, countdown, attempt=record.attempts + 1, route=record.route)
     return "throttled"
 
 

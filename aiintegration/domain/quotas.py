@@ -97,6 +97,18 @@ def limits_from_env(upper_name: str, env: Mapping[str, str]) -> ProviderLimits:
     return parse_limits(raw, prefix.lower().rstrip("_")) if raw else ProviderLimits()
 
 
+def ask_again_after(wait_s: float, *, cap_s: float, ceiling_s: float) -> float:
+    """How long a throttled task's message waits before it asks the bucket again: its whole
+    wait when that is at most `cap_s` (AII_QUOTA_MAX_COUNTDOWN_S); a longer wait — a task far
+    back in a deep line — half of it, never less than `cap_s`, so such a task asks a handful
+    of times on its way to the front instead of every `cap_s`, and one near the front is as
+    prompt as ever. Never past `ceiling_s` (a countdown longer than the broker's visibility
+    timeout is delivered twice)."""
+    if wait_s <= cap_s:
+        return max(0.05, wait_s)
+    return min(max(cap_s, wait_s / 2), ceiling_s)
+
+
 def estimate_tokens(system: str | None, messages: Sequence[Mapping[str, Any]]) -> int:
     """A prompt's tokens before it runs (~4 characters a token); what a request reserves is
     this plus all the output it may produce. Settled against the real usage afterwards."""

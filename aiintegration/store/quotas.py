@@ -60,9 +60,15 @@ local function limits(bucket, rpm, tpm)
   if tpm <= 0 then tpm = tonumber(redis.call('HGET', bucket, 'learned_tpm') or '0') end
   return rpm, tpm
 end
--- seconds until `need` more of the dimension (1: requests, 2: tokens) has left the window
-local function wait_for(log, amounts, now, window, need, dim)
+-- seconds until `need` more of the dimension (1: requests, 2: tokens) has left the window,
+-- which holds `used` of it now and lets `limit` through per window
+local function wait_for(log, amounts, now, window, need, dim, used, limit)
   if need <= 0 then return 0 end
+  if need > used then
+    -- more than the window holds (a line longer than one window lets through): the window
+    -- empties within `window`, then each further window lets `limit` through
+    return window + window * (need - used) / math.max(limit, 1)
+  end
   local freed = 0
   local rows = redis.call('ZRANGE', log, 0, 999, 'WITHSCORES')
   for i = 1, #rows, 2 do
@@ -122,6 +128,12 @@ for _, other in ipairs(ahead) do
     ahead_tok = ahead_tok + tonumber(tokens)
   end
 end
+if #ahead >= tonumber(ARGV[12]) then
+  -- the line goes on past the waiters read one by one: count the rest (each taken to need
+  -- what this one does), so a waiter far back learns its real wait instead of one window
+  local rest = redis.call('ZCOUNT', KEYS[4], '-inf', '(' .. string.format('%.17g', score)) - ahead_req
+  if rest > 0 then ahead_req, ahead_tok = ahead_req + rest, ahead_tok + rest * est end
+end
 local fits_req = rpm <= 0 or used_req + ahead_req + 1 <= rpm
 local fits_tok = tpm <= 0 or used_tok + ahead_tok + est <= tpm
 if now >= paused and fits_req and fits_tok then
@@ -142,11 +154,11 @@ end
 local wait, reason = 0, 'paused'
 if now < paused then wait = paused - now end
 if not fits_req then
-  local w = wait_for(KEYS[2], KEYS[3], now, window, used_req + ahead_req + 1 - rpm, 1)
+  local w = wait_for(KEYS[2], KEYS[3], now, window, used_req + ahead_req + 1 - rpm, 1, used_req, rpm)
   if w > wait then wait, reason = w, 'requests' end
 end
 if not fits_tok then
-  local w = wait_for(KEYS[2], KEYS[3], now, window, used_tok + ahead_tok + est - tpm, 2)
+  local w = wait_for(KEYS[2], KEYS[3], now, window, used_tok + ahead_tok + est - tpm, 2, used_tok, tpm)
   if w > wait then wait, reason = w, 'tokens' end
 end
 if ahead_req > 0 and reason ~= 'paused' then reason = reason .. '_queued' end

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from itertools import pairwise
 
 import pytest
 
@@ -123,3 +124,27 @@ def test_after_a_call_the_reservation_is_settled_and_the_answer_learned_in_one_r
                          info=seen(10 - 1 - 2), own=(first.own_requests, first.own_tokens), now=T0 + 1)
     assert [args[0] for args in monitor.sent()] == ["EVALSHA"]
     assert left(store, name, T0 + 1) == 10 - 1 - 2  # ours, settled, and the 2 the provider counted elsewhere
+
+
+def test_a_waiter_far_back_in_a_deep_line_is_told_its_real_wait(bucket):
+    """Past the waiters the admission reads one by one (`scan_limit`), the line is counted, not
+    read: a waiter 600 places back at 10 requests per window learns it waits ~60 windows (it
+    was told one window, so every waiter asked again every window: the whole line churned
+    through the broker and the scripts all the time)."""
+    store, name = bucket
+    store.scan_limit = 50
+    admit(store, name, T0, n=10)  # the window is full
+    waits = []
+    for i in range(600):
+        rid = f"w{i:04d}"
+        admission = store.admit("openai", name, LIMITS, waiter=rid, reservation=rid, priority=5, tenant="t",
+                                weight=1.0, tokens=10, now=T0 + 0.001 * i)
+        assert not admission.admitted
+        waits.append(admission.wait_s)
+    window = store.window_s
+    assert waits[0] <= window + 0.01  # the first waiter: when the window's first slot frees
+    assert waits[49] <= 5 * window + 0.01  # within the scanned part: ~5 windows for 50 ahead
+    for position in (100, 300, 599):  # past it: ~position / 10 windows
+        assert position / 10 * window * 0.8 <= waits[position] <= (position / 10 + 2) * window, position
+    ends = [T0 + 0.001 * i + w for i, w in enumerate(waits)]  # each told a turn no earlier than the one before
+    assert all(later >= earlier - 1e-6 for earlier, later in pairwise(ends))

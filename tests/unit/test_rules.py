@@ -7,6 +7,7 @@ import pytest
 
 from aiintegration.domain.chat import merged_context, trimmed
 from aiintegration.domain.events import resume_point
+from aiintegration.domain.quotas import ask_again_after
 from aiintegration.domain.records import TaskOptions, TaskRecord
 from aiintegration.domain.routing import Candidate, choose_provider, usable
 from aiintegration.domain.states import TaskStatus
@@ -128,3 +129,18 @@ def test_where_an_unpinned_task_would_go_skips_disabled_and_incapable_providers(
     order = ["openai", "anthropic", "local"]
     assert list(usable("text_generation", order=order, candidates=candidates)) == ["anthropic", "local"]
     assert list(usable("image_generation", order=order, candidates=candidates)) == ["local"]
+
+
+def test_a_throttled_task_far_back_asks_again_at_half_its_wait_and_one_near_the_front_at_its_turn():
+    cap, ceiling = 30.0, 1950.0
+    assert ask_again_after(0.0, cap_s=cap, ceiling_s=ceiling) == 0.05
+    assert ask_again_after(12.5, cap_s=cap, ceiling_s=ceiling) == 12.5  # near the front: at its turn
+    assert ask_again_after(45.0, cap_s=cap, ceiling_s=ceiling) == 30.0
+    assert ask_again_after(600.0, cap_s=cap, ceiling_s=ceiling) == 300.0
+    assert ask_again_after(10_000.0, cap_s=cap, ceiling_s=ceiling) == ceiling  # never past the visibility timeout
+    # a task 5,000 s back asks ~9 times on its way to the front, not 167 times (every 30 s)
+    wait, asks = 5000.0, 0
+    while wait > 0:
+        wait -= ask_again_after(wait, cap_s=cap, ceiling_s=ceiling)
+        asks += 1
+    assert asks <= 10
