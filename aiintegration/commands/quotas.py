@@ -39,6 +39,7 @@ class Ticket:
 @dataclass(frozen=True)
 class Refusal:
     provider: str
+    bucket: str
     admission: Admission
 
 
@@ -70,7 +71,7 @@ def _ask(ctx: Context, record: TaskRecord, provider: Provider, request: Generati
     if admission.admitted:
         return Ticket(provider.name, bucket, limits, reservation, prompt,
                       own=(admission.own_requests, admission.own_tokens))
-    return Refusal(provider.name, admission)
+    return Refusal(provider.name, bucket, admission)
 
 
 def admit(ctx: Context, record: TaskRecord, provider: Provider,
@@ -104,6 +105,7 @@ def throttle(ctx: Context, record: TaskRecord, refusal: Refusal) -> str:
                                                  "reason": refusal.admission.reason},
                    metrics=[counter("aii_throttled_total", 1, provider=refusal.provider,
                                     reason=refusal.admission.reason.removesuffix("_queued"))],
+                   fields={"throttled_in": f"{refusal.provider}|{refusal.bucket}"},
                    first={"throttled_at": now}, now=now)
     countdown = ask_again_after(wait, cap_s=ctx.settings.quota_max_countdown_s,
                                 ceiling_s=ctx.settings.visibility_timeout_s / 2)

@@ -97,6 +97,7 @@ class TaskRecord:
     chat_message_id: str | None = None
     trace_context: str | None = None  # the W3C traceparent of the request that created it (tracing on)
     throttled_at: float | None = None  # first refused a provider's quota, for the attempt waiting now
+    throttled_in: str | None = None  # "<provider>|<bucket>": the quota wait line it holds a place in
     # what was reserved against the tenant's budget at submission (released when it ends)
     budget_cost: float | None = None
     budget_tokens: int | None = None
@@ -201,7 +202,7 @@ _FIELD_KINDS: dict[str, Any] = {
     "finished_at": float, "updated_at": float, "deadline_at": float, "enqueued_at": float, "retry_at": float,
     "lease_until": float, "run_id": str, "idempotency_key": str, "auto_retries": int, "budget_from": int,
     "cost": float, "cancel_reason": str, "tenant": str, "chat_session_id": str, "chat_message_id": str,
-    "trace_context": str, "throttled_at": float,
+    "trace_context": str, "throttled_at": float, "throttled_in": str,
     "budget_cost": float, "budget_tokens": int, "budget_day": str, "budget_month": str,
     "lane": str, "lane_group": str, "batch_ref": str,
     "max_retries": int, "timeout_s": float,  # derived from the options; read back from them

@@ -108,8 +108,8 @@ local queued_s = string.format('%.6f', math.max(0, now - since))
 local throttled, throttled_s = tonumber(h['throttled_at']), ''
 if throttled then  -- admitted after waiting for a provider's quota
   throttled_s = string.format('%.6f', math.max(0, now - throttled))
-  redis.call('HDEL', KEYS[1], 'throttled_at')
-  h['throttled_at'] = nil
+  redis.call('HDEL', KEYS[1], 'throttled_at', 'throttled_in')  -- admitted: it left the wait line
+  h['throttled_at'], h['throttled_in'] = nil, nil
 end
 local timeout = math.min(tonumber(h['timeout_s']) or 300, tonumber(ARGV[7]))
 local deadline = string.format('%.17g', now + timeout)
@@ -141,9 +141,9 @@ return out
 # The record is read once (one HMGET of the fields it needs; `provider` as the change leaves it).
 TRANSITION = _EMIT + _RETAIN + """
 local p, to, now = ARGV[1], ARGV[3], ARGV[6]
-local st, id, tenant, by, created, ttype, prov, bc, bt, bd, bm, required = unpack(redis.call('HMGET', KEYS[1],
-  'status', 'id', 'tenant', 'requested_by', 'created_at', 'task_type', 'provider', 'budget_cost', 'budget_tokens',
-  'budget_day', 'budget_month', ARGV[4] ~= '' and ARGV[4] or 'status'))
+local st, id, tenant, by, created, ttype, prov, bc, bt, bd, bm, line, required = unpack(redis.call('HMGET',
+  KEYS[1], 'status', 'id', 'tenant', 'requested_by', 'created_at', 'task_type', 'provider', 'budget_cost',
+  'budget_tokens', 'budget_day', 'budget_month', 'throttled_in', ARGV[4] ~= '' and ARGV[4] or 'status'))
 if not st then return {0, ''} end
 local allowed = false
 for s in string.gmatch(ARGV[2], '[^,]+') do if s == st then allowed = true end end
@@ -177,6 +177,15 @@ elseif ttl < 0 then
   redis.call('PERSIST', KEYS[2])
 end
 move_status(p, id, st, to, created)
+if line and line ~= '' and to ~= 'queued' and to ~= 'retrying' then
+  -- it waited in a provider's quota line and no longer waits (cancelled, dead-lettered...):
+  -- its place goes now, not when it would have come back (store/keys.py Keys.quota_waiting)
+  local qprov, qbucket = string.match(line, '^([^|]*)|(.*)$')
+  local q = p .. ':quota:{' .. qprov .. '}:' .. qbucket
+  redis.call('ZREM', q .. ':waiting', id)
+  redis.call('HDEL', q .. ':needs', id)
+  redis.call('HDEL', KEYS[1], 'throttled_at', 'throttled_in')
+end
 if ARGV[14] ~= '' then
   local day, month, who, via, model, req, inp, cached, out, cost = string.match(ARGV[14],
     '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
@@ -280,12 +289,14 @@ return 1
 
 
 # KEYS: task, task stream, global stream. ARGV: prefix, event type, event data, tmax, gmax,
-#       then field, value pairs set only where the record has none yet.
+#       n, then n field, value pairs set, then pairs set only where the record has none yet.
 # An event that changes no state (task.throttled): appended to both streams.
 # Returns 0 when the task does not exist.
 NOTE = _EMIT + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-for i = 6, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local first = 7 + 2 * tonumber(ARGV[6])
+for i = 7, first - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = first, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
 emit(KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[2], ARGV[3])
 return 1
 """

@@ -160,12 +160,14 @@ class TaskStore:
         return True, str(out[1])
 
     def note(self, task_id: str, event: str, event_fields: Mapping[str, Any], *, metrics: Sequence[Sample] = (),
-             first: Mapping[str, Any] | None = None, now: float | None = None) -> bool:
-        """An event that changes no state (e.g. `task.throttled`), with its metrics; `first`
-        fields are set only where the record has none yet. False when the task is gone."""
+             fields: Mapping[str, Any] | None = None, first: Mapping[str, Any] | None = None,
+             now: float | None = None) -> bool:
+        """An event that changes no state (e.g. `task.throttled`), with its metrics; `fields`
+        are set, `first` fields only where the record has none yet. False when the task is gone."""
         now = time.time() if now is None else now
-        argv: list[Any] = [self.keys.prefix, event, event_data(event, task_id, now, **event_fields), *self.maxlens]
-        for k, v in (first or {}).items():
+        argv: list[Any] = [self.keys.prefix, event, event_data(event, task_id, now, **event_fields), *self.maxlens,
+                           len(fields or {})]
+        for k, v in [*(fields or {}).items(), *(first or {}).items()]:
             argv += [k, encode_field(v)]
         noted = bool(self._note(keys=self._script_keys(task_id), args=argv))
         if noted:

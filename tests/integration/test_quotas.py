@@ -7,15 +7,18 @@ by another's burst."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
 from aiintegration.commands.create import create_generation_task
+from aiintegration.commands.lifecycle import cancel_task
+from aiintegration.commands.process import process_task
 from aiintegration.domain.auth import Caller, Role
 from aiintegration.domain.providers import ProviderConfig
 from tests.fake_limits import AccountLimits
 from tests.fake_provider import Behaviour, FakeProvider
-from tests.support import Worker, events_of, wait_for, wait_status
+from tests.support import RecordingPublisher, Worker, events_of, wait_for, wait_status
 
 KEY = "sk-test-LEAKCHECK-quotas-0123456789"
 WINDOW = 2.0
@@ -130,3 +133,21 @@ def test_an_unpinned_task_that_cannot_wait_goes_to_another_provider_with_room(ct
     # a 2-per-window bucket and 1 s of patience: those that would wait longer went elsewhere
     assert "openai" in providers and "local" in providers
     assert fake.limiter.rejected == 0
+
+
+def test_a_cancelled_task_gives_up_its_place_in_the_wait_line_at_once(ctx, fake):
+    """A throttled task holds a place in its provider's wait line until it comes back to ask;
+    cancelled (or dead-lettered) meanwhile, it must not keep that place — far back in a deep
+    line that would be until its turn, with every waiter behind it held up."""
+    configure(ctx, fake, {"rpm": 1})
+    here = replace(ctx, publisher=RecordingPublisher())  # no worker takes these: the test runs them
+    first, second = submit(here, 2)
+    assert process_task(here, first, worker_id="t@test") == "succeeded"
+    assert process_task(here, second, worker_id="t@test") == "throttled"
+    waiting, needs = ctx.tasks.keys.quota_waiting("openai", "*"), ctx.tasks.keys.quota_needs("openai", "*")
+    assert ctx.tasks.r.zscore(waiting, second) is not None and ctx.tasks.r.hget(needs, second)
+    assert ctx.tasks.get(second).throttled_in == "openai|*"
+    cancel_task(here, second, "not needed any more")
+    assert ctx.tasks.r.zscore(waiting, second) is None and ctx.tasks.r.hget(needs, second) is None
+    record = ctx.tasks.get(second)
+    assert record.status == "cancelled" and record.throttled_in is None and record.throttled_at is None
