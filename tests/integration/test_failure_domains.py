@@ -4,6 +4,8 @@ retention, a chat context over its cap refused before anything is written)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from aiintegration.commands import dlq, sweeps
@@ -13,7 +15,7 @@ from aiintegration.commands.failures import handle_failure
 from aiintegration.domain.providers import ProviderConfig
 from aiintegration.errors import InvalidRequest, PayloadTooLarge
 from tests.fake_provider import Behaviour, FakeProvider
-from tests.support import Worker, make_context, wait_for, wait_status
+from tests.support import RecordingPublisher, Worker, make_context, wait_for, wait_status
 
 KEY = "sk-test-LEAKCHECK-domains-0123456789"
 
@@ -65,7 +67,9 @@ def test_new_tasks_still_succeed_after_redis_loses_every_key(client, auth, ctx, 
 
 
 def test_dead_lettered_records_leave_with_their_entries_after_the_dlq_retention(ctx, db):
-    task_id, _ = create_generation_task(ctx, task_type="text_generation", request_content={"prompt": "p"},
+    # No broker message: this module's worker (the `slow` fixture's) must not claim it first.
+    unsent = replace(ctx, publisher=RecordingPublisher())
+    task_id, _ = create_generation_task(unsent, task_type="text_generation", request_content={"prompt": "p"},
                                         requested_by="retention", options={"max_retries": 0})
     claim = ctx.tasks.claim(task_id, worker_id="w", lease_s=30, max_processing_time=300)
     handle_failure(ctx, claim.record, InvalidRequest("no", provider="local"), run_id=claim.record.run_id)
