@@ -1,5 +1,6 @@
-"""What /metrics reports for the whole cluster: the counters and histograms the transitions
-keep in Redis, and gauges read at scrape time."""
+"""What /metrics reports for the whole cluster: the counters and histograms kept in Redis (the
+task counters by the transitions themselves, the rest flushed by every process's buffer:
+store/metrics.py), and gauges read at scrape time."""
 
 from __future__ import annotations
 
