@@ -29,7 +29,7 @@ def fresh(db: int, prefix: str) -> tuple[redis.Redis, Keys]:
 
 def test_samples_are_summed_in_the_process_and_written_within_the_interval(db):
     client, keys = fresh(db, "buf1")
-    store = MetricsStore(client, keys=keys, flush_s=0.2)
+    store = MetricsStore(client, keys=keys, flush_s=1.0)  # long enough that nothing is written before the check below
     for _ in range(50):
         store.record([counter("aii_tokens_total", 3, direction="input", provider="p"),
                       observation("aii_provider_call_seconds", 0.25, provider="p")])
