@@ -11,7 +11,7 @@ is the one place that knows its layout:
 - everything else — every histogram, the token, cost, throttling and batch counters — is a
   `Sample` a process hands `MetricsStore.record`: summed per field in the process's memory and
   written by a background thread every `flush_s` seconds in one MULTI/EXEC, and at exit. Per
-  task that took ~10 commands out of the scripts of every attempt (issue 18); the price is that
+  task that took 8 commands out of the scripts of every attempt (issue 18); the price is that
   /metrics trails a process by up to `flush_s`, and a process killed with SIGKILL takes at
   most its last `flush_s` of those samples with it. The usage ledger (`/v1/usage`), the
   account of record, is written with the state change as before.
