@@ -47,18 +47,24 @@ def cleanup_timed_out_tasks(ctx: Context, *, limit: int = 500, grace_s: float = 
     this is the backstop. Also drops expired records from the indexes and compacts the
     event streams of finished tasks."""
     now = ctx.clock()
-    overdue = ctx.tasks.past_deadline(before=now - grace_s, limit=limit)
-    abandoned = ctx.tasks.lease_expired(before=now - grace_s, limit=limit)
-    ids = list(dict.fromkeys(overdue + abandoned))[:limit]
+    ids = ctx.tasks.overdue(before=now - grace_s, limit=limit)
     outcomes: dict[str, int] = {}
-    for record in ctx.tasks.get_many(ids):
+    rescore: dict[str, float] = {}
+    gone: list[str] = []
+    for task_id, record in zip(ids, ctx.tasks.get_many(ids), strict=True):
         if record is None or record.status != S.RUNNING:
+            gone.append(task_id)  # finished meanwhile, or by code that did not know the index
             continue
         late = (record.deadline_at or 0) < now - grace_s
+        if not late and (record.lease_until or 0) >= now - grace_s:
+            # its worker renews the lease (an index entry older than the record's lease end)
+            rescore[task_id] = min(record.lease_until or now, record.deadline_at or now)
+            continue
         why = "ran past its deadline" if late else "its worker stopped responding"
         exc = TaskTimedOut(f"attempt {record.attempts} {why}", provider=record.provider)
         outcome = mark_timed_out(ctx, record, run_id=record.run_id, exc=exc) or "moved_on"
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    ctx.tasks.settle_overdue(rescore=rescore, gone=gone, seen=ids)
     expired = ctx.tasks.drop_expired(now=now, limit=limit)
     # Streams of tasks finished a while ago (no live feed still follows them) fold into the
     # records: ~1.3 KiB less per kept task (bench/memory_and_sweeps.py).

@@ -22,8 +22,8 @@ class Keys:
         return f"{self.prefix}:events"
 
     def index(self, name: str) -> str:
-        """`tasks`, `status:<s>`, `by:<requested_by>`, `deadline`, `lease`, `retry`, `expiry`,
-        `compact`, `dlq`."""
+        """`tasks`, `status:<s>`, `by:<requested_by>`, `due` (running attempts at the earlier
+        of lease end and deadline), `retry`, `expiry`, `compact`, `dlq`."""
         return f"{self.prefix}:idx:{name}"
 
     def idempotency(self, key: str) -> str:

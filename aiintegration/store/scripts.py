@@ -77,6 +77,8 @@ return {1, id}
 # it waited for quota ('' if it did not), hash...} (the record as claimed) or
 # {0, current status}, or {0, current status, 'lane'} for a task of the batch lane: a worker
 # never runs those, it hands them (back) to the lane. The record is read once, whole.
+# A running attempt is on `idx:due` at the earlier of its lease end and its deadline: when the
+# cleanup sweep has to look at it (store/tasks.py `overdue`).
 CLAIM = _EMIT + """
 local p, now = ARGV[1], tonumber(ARGV[2])
 local h = {}
@@ -117,8 +119,7 @@ local lease = string.format('%.17g', now + tonumber(ARGV[6]))
 local changes = {'status', 'running', 'worker_id', ARGV[4], 'run_id', ARGV[5], 'started_at', ARGV[2],
   'updated_at', ARGV[2], 'lease_until', lease, 'deadline_at', deadline, 'retry_at', '', 'attempts', tostring(attempt)}
 redis.call('HSET', KEYS[1], unpack(changes))
-redis.call('ZADD', p .. ':idx:deadline', deadline, id)
-redis.call('ZADD', p .. ':idx:lease', lease, id)
+redis.call('ZADD', p .. ':idx:due', string.format('%.17g', now + math.min(timeout, tonumber(ARGV[6]))), id)
 if st == 'retrying' then redis.call('ZREM', p .. ':idx:retry', id) end  -- only a retrying task is there
 move_status(p, id, st, 'running', h['created_at'])
 emit(KEYS[2], KEYS[3], ARGV[8], ARGV[9], 'task.started', cjson.encode({type = 'task.started', at = ARGV[3],
@@ -157,10 +158,7 @@ for i = 15 + 2 * nev, #ARGV, 2 do
   if ARGV[i] == 'provider' then prov = ARGV[i + 1] end
 end
 redis.call('HSET', KEYS[1], unpack(fields))
-if to ~= 'running' then
-  redis.call('ZREM', p .. ':idx:deadline', id)
-  redis.call('ZREM', p .. ':idx:lease', id)
-end
+if to ~= 'running' then redis.call('ZREM', p .. ':idx:due', id) end
 if to == 'retrying' then redis.call('ZADD', p .. ':idx:retry', ARGV[11], id)
 elseif st == 'retrying' then redis.call('ZREM', p .. ':idx:retry', id) end  -- only a retrying task is there
 if ARGV[12] ~= '' then
@@ -230,15 +228,17 @@ return {1, st, ttype, string.format('%.6f', math.max(0, tonumber(now) - created)
 
 # KEYS: task keys. ARGV: prefix, lease_until, run_id per key.
 # Extends the lease of attempts that still own their task; returns, per key, 'ok' or the
-# task's status ('' if gone) so the worker can stop attempts that were cancelled.
+# task's status ('' if gone) so the worker can stop attempts that were cancelled. `idx:due`
+# is written whether or not the id is there: an entry the sweep dropped comes back in one beat.
 HEARTBEAT = """
 local p, lease = ARGV[1], ARGV[2]
 local out = {}
 for i, key in ipairs(KEYS) do
-  local st, run = unpack(redis.call('HMGET', key, 'status', 'run_id'))
+  local st, run, id, deadline = unpack(redis.call('HMGET', key, 'status', 'run_id', 'id', 'deadline_at'))
   if st == 'running' and run == ARGV[i + 2] then
     redis.call('HSET', key, 'lease_until', lease)
-    redis.call('ZADD', p .. ':idx:lease', 'XX', lease, redis.call('HGET', key, 'id'))
+    local due = math.min(tonumber(lease), tonumber(deadline) or tonumber(lease))
+    redis.call('ZADD', p .. ':idx:due', string.format('%.17g', due), id)
     out[i] = 'ok'
   else
     out[i] = st or ''

@@ -29,6 +29,9 @@ from aiintegration.store.metrics import MetricsStore, Sample, observation
 from aiintegration.store.streams import Rows, StreamReader, stream_after, stream_id_key
 
 S = TaskStatus
+# Running attempts were indexed twice, by deadline and by lease end, before `due` held the
+# earlier of the two; the sweep empties these as it meets their ids (a rolling upgrade).
+LEGACY_DUE = ("deadline", "lease")
 Event = tuple[str, Mapping[str, Any]]  # (name, fields)
 
 
@@ -214,13 +217,28 @@ class TaskStore:
         """Members of an index with score ≤ `before`, lowest first (the sweeps' work lists)."""
         return cast(list[str], self.r.zrangebyscore(self.keys.index(index), "-inf", before, start=0, num=limit))
 
-    def past_deadline(self, *, before: float, limit: int) -> list[str]:
-        """Running tasks whose deadline passed before `before`."""
-        return self._due("deadline", before=before, limit=limit)
+    def overdue(self, *, before: float, limit: int) -> list[str]:
+        """Running attempts whose lease end or deadline, the earlier of the two, came before
+        `before` by the index (the record decides), and those listed by the two indexes
+        earlier code kept (`LEGACY_DUE`), until `settle_overdue` drops them."""
+        pipe = self.r.pipeline(transaction=False)
+        for index in ("due", *LEGACY_DUE):
+            pipe.zrangebyscore(self.keys.index(index), "-inf", before, start=0, num=limit)
+        return list(dict.fromkeys(tid for found in pipe.execute() for tid in found))[:limit]
 
-    def lease_expired(self, *, before: float, limit: int) -> list[str]:
-        """Running tasks whose worker stopped renewing the lease before `before`."""
-        return self._due("lease", before=before, limit=limit)
+    def settle_overdue(self, *, rescore: Mapping[str, float], gone: Sequence[str], seen: Sequence[str]) -> None:
+        """After the sweep looked at `overdue` ids: those still running well go back on the
+        index at their current due time, those no longer running leave it (a heartbeat puts
+        back one re-claimed meanwhile), and every id seen leaves the indexes of older versions."""
+        pipe = self.r.pipeline(transaction=False)
+        if rescore:
+            pipe.zadd(self.keys.index("due"), dict(rescore))
+        if gone:
+            pipe.zrem(self.keys.index("due"), *gone)
+        if seen:
+            for index in LEGACY_DUE:
+                pipe.zrem(self.keys.index(index), *seen)
+        pipe.execute()
 
     def retries_due(self, *, before: float, limit: int) -> list[str]:
         return self._due("retry", before=before, limit=limit)

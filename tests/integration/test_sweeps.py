@@ -53,6 +53,49 @@ def test_cleanup_dead_letters_a_timed_out_task_that_must_not_retry(ctx):
     assert entry["reason"] == "timed_out" and entry["review_state"] == "pending"
 
 
+def test_a_running_attempt_is_indexed_once_at_the_earlier_of_its_lease_end_and_deadline(ctx):
+    due = "aii:idx:due"
+    task_id = new_task(ctx, timeout_s=60)
+    before = time.time()
+    run_id = ctx.tasks.claim(task_id, worker_id="w", lease_s=30, max_processing_time=300).record.run_id
+    assert before + 30 <= ctx.tasks.r.zscore(due, task_id) <= time.time() + 30  # the lease ends first
+    ctx.tasks.heartbeat([(task_id, run_id)], lease_until=before + 1000)
+    assert ctx.tasks.r.zscore(due, task_id) == ctx.tasks.get(task_id).deadline_at  # now the deadline does
+    ctx.tasks.r.zrem(due, task_id)  # as if the sweep dropped it in a race with a new claim
+    ctx.tasks.heartbeat([(task_id, run_id)], lease_until=before + 40)
+    assert ctx.tasks.r.zscore(due, task_id) == before + 40  # the next beat puts it back
+    assert ctx.tasks.transition(task_id, to="succeeded", run_id=run_id, fields={"result": {"text": "x"}})[0]
+    assert ctx.tasks.r.zscore(due, task_id) is None
+
+
+def test_cleanup_settles_entries_of_the_older_two_indexes_and_stale_ones(ctx):
+    """Records indexed by earlier code (by deadline and by lease end, `LEGACY_DUE`) and an
+    entry older than its record's lease: the dead one times out, the healthy ones are
+    watched again at their due time, the finished one leaves, the old indexes empty."""
+    r, now = ctx.tasks.r, time.time()
+    dead, healthy, finished, stale = (new_task(ctx, timeout_s=600) for _ in range(4))
+    for task_id in (dead, healthy, finished, stale):
+        ctx.tasks.claim(task_id, worker_id="old", lease_s=-10 if task_id == dead else 60, max_processing_time=600)
+    r.zrem("aii:idx:due", dead, healthy, finished)  # claimed by the earlier code: only in its indexes
+    for task_id in (dead, healthy, finished):
+        r.zadd("aii:idx:lease", {task_id: now - 60})
+        r.zadd("aii:idx:deadline", {task_id: now + 600})
+    run_id = ctx.tasks.get(finished).run_id
+    r.zrem("aii:idx:due", finished)
+    ctx.tasks.transition(finished, to="succeeded", run_id=run_id, fields={"result": {"text": "x"}})
+    r.zadd("aii:idx:due", {stale: now - 60})  # written before its worker's last heartbeat
+    result = sweeps.cleanup_timed_out_tasks(ctx)
+    assert result["examined"] == 4 and result["retrying"] == 1
+    assert ctx.tasks.get(dead).status == "retrying" and ctx.tasks.get(healthy).status == "running"
+    assert ctx.tasks.get(stale).status == "running"
+    for task_id in (healthy, stale):
+        record = ctx.tasks.get(task_id)
+        assert r.zscore("aii:idx:due", task_id) == min(record.lease_until, record.deadline_at)
+    assert r.zscore("aii:idx:due", dead) is None and r.zscore("aii:idx:due", finished) is None
+    assert r.zcard("aii:idx:lease") == 0 and r.zcard("aii:idx:deadline") == 0
+    assert sweeps.cleanup_timed_out_tasks(ctx)["examined"] == 0
+
+
 def test_pending_sweep_re_enqueues_a_queued_task_that_has_no_broker_message(ctx):
     lost = new_task(dataclasses.replace(ctx, publisher=RecordingPublisher(fail=True)))
     ctx.tasks.r.delete(*broker_lists())
