@@ -251,7 +251,7 @@ class FakeProvider:
                 self._route = urlsplit(self.path).path.rstrip("/")
                 self._query = {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
                 with fake._lock:
-                    fake.requests.append({"path": self.path, "body": body,
+                    fake.requests.append({"path": self.path, "body": body, "at": time.time(),
                                           "headers": {k.lower(): v for k, v in self.headers.items()}})
 
             def _head(self, status: int, content_type: str, length: int | None = None,

@@ -27,6 +27,7 @@ from aiintegration.errors import (
     TransientError,
 )
 from aiintegration.providers.base import Generation, GenerationRequest, Provider
+from aiintegration.providers.sending import stamping
 from aiintegration.store.metrics import Sample, observation
 from aiintegration.store.tasks import Claim
 
@@ -235,8 +236,11 @@ def _attempt(ctx: Context, record: TaskRecord, provider: Provider, request: Gene
     started, sent_at = time.monotonic(), [time.time()]
 
     async def call(a: Attempt) -> Generation:
-        sent_at[0] = time.time()  # what the quota counts from: the request leaves now
-        return await _call(provider, request, a, streaming=on_delta is not None)
+        # What the quota counts from: when the request's headers go out (providers/sending.py),
+        # or now for a provider that sends no HTTP request.
+        sent_at[0] = time.time()
+        with stamping(sent_at):
+            return await _call(provider, request, a, streaming=on_delta is not None)
 
     with provider_span(provider, request) as span:
         outcome = ctx.runner.run(attempt, call, _writer(on_delta) if on_delta else None)

@@ -31,6 +31,7 @@ from aiintegration.providers.base import (
     parse_retry_after,
     sdk_errors,
 )
+from aiintegration.providers.sending import http_client_hooks
 
 log = logging.getLogger(__name__)
 _checked_models: set[str] = set()
@@ -118,8 +119,9 @@ class AnthropicProvider(Provider, BatchAPI):
     def aclient(self) -> anthropic.AsyncAnthropic:
         """The async twin of `client`, for workers' calls: made on first use, on the worker's
         event loop (the web process never needs one)."""
-        return anthropic.AsyncAnthropic(api_key=self.config.api_key or "not-configured",
-                                        base_url=self.config.base_url, max_retries=0, timeout=self.config.timeout_s)
+        return anthropic.AsyncAnthropic(
+            api_key=self.config.api_key or "not-configured", base_url=self.config.base_url, max_retries=0,
+            timeout=self.config.timeout_s, http_client=anthropic.DefaultAsyncHttpxClient(event_hooks=http_client_hooks()))
 
     def _message(self, message: Any, model: str, limits: RateLimitInfo | None = None) -> Generation:
         """One Anthropic message as a Generation: a realtime reply, a stream's final message or

@@ -30,6 +30,7 @@ from aiintegration.providers.base import (
     parse_retry_after,
     sdk_errors,
 )
+from aiintegration.providers.sending import http_client_hooks
 
 BATCH_ENDPOINT: Final[Literal["/v1/chat/completions"]] = "/v1/chat/completions"
 BATCH_ENDED = frozenset({"completed", "expired", "cancelled", "failed"})
@@ -148,7 +149,8 @@ class OpenAIProvider(Provider, BatchAPI):
         """The async twin of `client`, for workers' calls: made on first use, on the worker's
         event loop (the web process never needs one)."""
         return openai.AsyncOpenAI(api_key=self.config.api_key or "not-configured", base_url=self.config.base_url,
-                                  max_retries=0, timeout=self.config.timeout_s)
+                                  max_retries=0, timeout=self.config.timeout_s,
+                                  http_client=openai.DefaultAsyncHttpxClient(event_hooks=http_client_hooks()))
 
     def _image_params(self, request: GenerationRequest, model: str) -> dict[str, Any]:
         return {"model": model, "prompt": str(request.content["prompt"]), "n": 1,

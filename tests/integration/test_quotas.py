@@ -14,6 +14,7 @@ import pytest
 from aiintegration.commands.create import create_generation_task
 from aiintegration.commands.lifecycle import cancel_task
 from aiintegration.commands.process import process_task
+from aiintegration.commands.routing import REFRESH_S
 from aiintegration.domain.auth import Caller, Role
 from aiintegration.domain.providers import ProviderConfig
 from tests.fake_limits import AccountLimits
@@ -41,8 +42,13 @@ def worker(db, fake):
 
 
 def configure(ctx, fake, limits=None):
-    ctx.providers.put(ProviderConfig("openai", "openai", api_key=KEY, base_url=fake.base_url, timeout_s=10,
-                                     limits=limits or {}))
+    config = ProviderConfig("openai", "openai", api_key=KEY, base_url=fake.base_url, timeout_s=10,
+                            limits=limits or {})
+    if ctx.providers.get("openai") != config:
+        ctx.providers.put(config)
+        # Worker processes re-read provider configs within REFRESH_S of a change: until then one
+        # still on a config without limits sends without asking the bucket (the README says so).
+        time.sleep(REFRESH_S + 0.2)
     ctx.tasks.r.delete(*ctx.tasks.r.keys("aii:quota:*") or ["none"])
     fake.limiter.__init__()  # a fresh account window and counters
     fake.limits = AccountLimits(rpm=10, window_s=WINDOW)
