@@ -16,6 +16,7 @@ from celery.signals import after_setup_logger, worker_init, worker_ready
 from aiintegration import telemetry
 from aiintegration.commands.context import get_context, use_publisher
 from aiintegration.commands.liveness import worker_started
+from aiintegration.commands.sweeps import start_deferred_releaser
 from aiintegration.config import get_settings
 from aiintegration.domain.routing import Route
 from aiintegration.domain.states import to_broker_priority
@@ -81,4 +82,6 @@ def _tracing(**_: Any) -> None:
 
 @worker_ready.connect
 def _announce(sender: Any = None, **_: Any) -> None:
-    worker_started(get_context(), getattr(sender, "hostname", "worker"))
+    ctx = get_context()
+    worker_started(ctx, getattr(sender, "hostname", "worker"))
+    start_deferred_releaser(ctx)

@@ -79,6 +79,7 @@ class Settings:
     cleanup_interval_s: float = 300.0
     dlq_interval_s: float = 1800.0
     pending_interval_s: float = 60.0
+    deferred_interval_s: float = 1.0  # how often each worker sends the messages of deferred tasks that are due
     pending_grace_s: float = 120.0
     retention_s: int = 604800
     dlq_retention_s: int = 30 * 86400  # dead-lettered records and their DLQ entries
@@ -135,6 +136,7 @@ class Settings:
             cleanup_interval_s=_float(env, "AII_CLEANUP_INTERVAL_S", cls.cleanup_interval_s),
             dlq_interval_s=_float(env, "AII_DLQ_INTERVAL_S", cls.dlq_interval_s),
             pending_interval_s=_float(env, "AII_PENDING_INTERVAL_S", cls.pending_interval_s),
+            deferred_interval_s=_positive(env, "AII_DEFERRED_INTERVAL_S", cls.deferred_interval_s),
             pending_grace_s=_float(env, "AII_PENDING_GRACE_S", cls.pending_grace_s),
             retention_s=_int(env, "AII_RETENTION_S", cls.retention_s),
             dlq_retention_s=_int(env, "AII_DLQ_RETENTION_S", cls.dlq_retention_s),

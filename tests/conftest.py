@@ -34,6 +34,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "AII_API_TOKENS": f"{TOKEN},second-token", "AII_PROVIDERS": "local", "AII_LOG_FORMAT": "text",
         "AII_RETRY_BACKOFF_BASE_S": "0.05", "AII_RETRY_BACKOFF_MAX_S": "0.2", **FAKE_KEYS,
         "AII_METRICS_FLUSH_S": "0.1",  # buffered metrics reach the hash this soon (tests wait for them)
+        "AII_DEFERRED_INTERVAL_S": "0.2",  # a deferred (throttled, far back) task's message is sent this late at most
         # the fake provider listens on 127.0.0.1; the hostile-client tests turn this off where it matters
         "AII_PROVIDER_ALLOW_PRIVATE": "1",
         # Submissions with a callback_url are refused without a signing secret.

@@ -109,7 +109,12 @@ def throttle(ctx: Context, record: TaskRecord, refusal: Refusal) -> str:
                    first={"throttled_at": now}, now=now)
     countdown = ask_again_after(wait, cap_s=ctx.settings.quota_max_countdown_s,
                                 ceiling_s=ctx.settings.visibility_timeout_s / 2)
-    ctx.enqueue(record.id, record.priority, countdown, attempt=record.attempts + 1, route=record.route)
+    if countdown > ctx.settings.quota_max_countdown_s:
+        # Far back in a deep line: it sleeps in Redis (the deferred sweep sends its message),
+        # not as an ETA message in a worker's memory.
+        ctx.tasks.defer(record.id, until=now + countdown)
+    else:
+        ctx.enqueue(record.id, record.priority, countdown, attempt=record.attempts + 1, route=record.route)
     return "throttled"
 
 

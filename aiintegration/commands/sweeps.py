@@ -7,6 +7,8 @@ run, and holds a lock so two beat processes started by mistake do not both sweep
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -89,14 +91,15 @@ def process_pending_tasks(ctx: Context, *, limit: int = 500) -> dict[str, Any]:
     are queued records, and retrying records well past their retry time. Duplicates are
     harmless (the claim lets one run); then publish counts by status."""
     now, grace = ctx.clock(), ctx.settings.pending_grace_s
-    # Queued batch-lane tasks wait in the lane, not on the broker.
-    in_lane = sum(ctx.lane.depths().values())
-    missing = max(0, ctx.tasks.count(S.QUEUED) - _messages_for_queued(ctx) - in_lane)
+    # Queued batch-lane tasks wait in the lane, and deferred ones in Redis, not on the broker.
+    in_lane, deferred = sum(ctx.lane.depths().values()), ctx.tasks.count_deferred()
+    missing = max(0, ctx.tasks.count(S.QUEUED) - _messages_for_queued(ctx) - in_lane - deferred)
     requeued = 0
     if missing:
         stale = ctx.tasks.in_status(S.QUEUED, created_before=now - grace,
-                                    limit=min(limit, missing) + min(in_lane, 5000))
-        for record in ctx.tasks.get_many(stale):
+                                    limit=min(limit, missing) + min(in_lane + deferred, 5000))
+        sleeping = ctx.tasks.deferred_among(stale)
+        for record in ctx.tasks.get_many([i for i in stale if i not in sleeping]):
             if record and record.lane == LANE:
                 if not record.batch_ref:
                     return_to_lane(ctx, record.id, known=record)  # lost on its way into the lane: it waits again
@@ -105,7 +108,9 @@ def process_pending_tasks(ctx: Context, *, limit: int = 500) -> dict[str, Any]:
                 ctx.tasks.set_fields(record.id, enqueued_at=now)
                 ctx.enqueue(record.id, record.priority, attempt=record.attempts + 1, route=record.route)
                 requeued += 1
-    for record in ctx.tasks.get_many(ctx.tasks.retries_due(before=now - grace, limit=limit)):
+    due = ctx.tasks.retries_due(before=now - grace, limit=limit)
+    sleeping = ctx.tasks.deferred_among(due)
+    for record in ctx.tasks.get_many([i for i in due if i not in sleeping]):
         if record and record.status == S.RETRYING:
             ctx.tasks.retry_resent(record.id, now=now)
             ctx.enqueue(record.id, record.priority, attempt=record.attempts + 1, route=record.route)
@@ -113,6 +118,42 @@ def process_pending_tasks(ctx: Context, *, limit: int = 500) -> dict[str, Any]:
     counts = ctx.tasks.counts()
     ctx.sweeps.record_counts(at=now, counts=counts, requeued=requeued)
     return {"requeued": requeued, "counts": counts}
+
+
+def start_deferred_releaser(ctx: Context) -> threading.Thread:
+    """In every worker process: every `AII_DEFERRED_INTERVAL_S`, send the messages of the
+    deferred tasks that are due (`TaskStore.take_deferred` hands each to one process)."""
+    def run() -> None:
+        while True:
+            time.sleep(ctx.settings.deferred_interval_s)
+            try:
+                release_deferred_tasks(ctx)
+            except Exception:  # noqa: BLE001 - the next round retries (a message not sent went back to the index)
+                log.warning("could not release deferred tasks", exc_info=True)
+
+    thread = threading.Thread(target=run, name="aii-deferred", daemon=True)
+    thread.start()
+    return thread
+
+
+def release_deferred_tasks(ctx: Context, *, limit: int = 1000) -> dict[str, Any]:
+    """Send the messages of deferred tasks that are due: a throttled task far back in a quota
+    line sleeps in Redis (`TaskStore.defer`) rather than in a worker's memory. A message that
+    cannot be sent goes back to the index for the next run."""
+    released = 0
+    while ids := ctx.tasks.take_deferred(before=ctx.clock(), limit=limit):
+        records = [r for r in ctx.tasks.get_many(ids) if r and r.status in (S.QUEUED, S.RETRYING)]
+        for n, record in enumerate(records):
+            try:
+                ctx.enqueue(record.id, record.priority, attempt=record.attempts + 1, route=record.route)
+            except Exception:
+                for rest in records[n:]:
+                    ctx.tasks.defer(rest.id, until=ctx.clock())
+                raise
+            released += 1
+        if len(ids) < limit:
+            break
+    return {"released": released}
 
 
 @_locked("dlq")

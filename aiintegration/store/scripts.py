@@ -182,6 +182,7 @@ if line and line ~= '' and to ~= 'queued' and to ~= 'retrying' then
   local q = p .. ':quota:{' .. qprov .. '}:' .. qbucket
   redis.call('ZREM', q .. ':waiting', id)
   redis.call('HDEL', q .. ':needs', id)
+  redis.call('ZREM', p .. ':idx:deferred', id)  -- and its next ask, if it was deferred
   redis.call('HDEL', KEYS[1], 'throttled_at', 'throttled_in')
 end
 if ARGV[14] ~= '' then
@@ -299,4 +300,13 @@ for i = 7, first - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 for i = first, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
 emit(KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[2], ARGV[3])
 return 1
+"""
+
+
+# KEYS: an index scored by due time. ARGV: due by, limit.
+# The members due, removed from the index in the same step (so each is handed out once).
+TAKE_DUE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids > 0 then redis.call('ZREM', KEYS[1], unpack(ids)) end
+return ids
 """

@@ -71,6 +71,7 @@ class TaskStore:
         self._compact = client.register_script(scripts.COMPACT)
         self._retain = client.register_script(scripts.RETAIN)
         self._note = client.register_script(scripts.NOTE)
+        self._take_due = client.register_script(scripts.TAKE_DUE)
 
     def _script_keys(self, task_id: str) -> list[str]:
         return [self.keys.task(task_id), self.keys.task_stream(task_id), self.keys.global_stream]
@@ -190,6 +191,25 @@ class TaskStore:
         written when the record is gone."""
         if self.r.exists(self.keys.task(task_id)):
             self.r.hset(self.keys.task(task_id), mapping={k: encode_field(v) for k, v in fields.items()})
+
+    def defer(self, task_id: str, *, until: float) -> None:
+        """The task's next message is sent at `until` by the deferred sweep, rather than held in
+        a worker's memory as an ETA message until then."""
+        self.r.zadd(self.keys.index("deferred"), {task_id: until})
+
+    def take_deferred(self, *, before: float, limit: int) -> list[str]:
+        """Deferred tasks due by `before`, taken off the index: each is handed out once."""
+        return [str(i) for i in self._take_due(keys=[self.keys.index("deferred")], args=[before, limit])]
+
+    def deferred_among(self, task_ids: Sequence[str]) -> set[str]:
+        """Which of these tasks wait in the deferred index (they have no broker message on purpose)."""
+        pipe = self.r.pipeline(transaction=False)
+        for tid in task_ids:
+            pipe.zscore(self.keys.index("deferred"), tid)
+        return {tid for tid, score in zip(task_ids, pipe.execute(), strict=True) if score is not None}
+
+    def count_deferred(self) -> int:
+        return int(self.r.zcard(self.keys.index("deferred")))
 
     def retry_resent(self, task_id: str, *, now: float) -> None:
         """A retrying task's message was sent again (the pending sweep): due from `now`."""

@@ -15,6 +15,7 @@ from aiintegration.commands.create import create_generation_task
 from aiintegration.commands.lifecycle import cancel_task
 from aiintegration.commands.process import process_task
 from aiintegration.commands.routing import REFRESH_S
+from aiintegration.commands.sweeps import process_pending_tasks, release_deferred_tasks
 from aiintegration.domain.auth import Caller, Role
 from aiintegration.domain.providers import ProviderConfig
 from tests.fake_limits import AccountLimits
@@ -157,3 +158,31 @@ def test_a_cancelled_task_gives_up_its_place_in_the_wait_line_at_once(ctx, fake)
     assert ctx.tasks.r.zscore(waiting, second) is None and ctx.tasks.r.hget(needs, second) is None
     record = ctx.tasks.get(second)
     assert record.status == "cancelled" and record.throttled_in is None and record.throttled_at is None
+
+
+def test_a_task_far_back_sleeps_in_redis_and_the_deferred_sweep_sends_it_when_due(ctx, fake):
+    """Near the front a throttled task's message is an ETA message (it comes back at its turn);
+    far back it sleeps in the deferred index — no broker message, nothing in a worker's memory,
+    not mistaken for a lost message by the pending sweep — until the sweep sends it."""
+    configure(ctx, fake, {"rpm": 1})  # a 60 s window here (the test process's settings)
+    publisher = RecordingPublisher()
+    here = replace(ctx, publisher=publisher, settings=replace(ctx.settings, quota_max_countdown_s=40))
+    first, near, far = submit(here, 3)
+    assert process_task(here, first, worker_id="t@test") == "succeeded"
+    publisher.task_ids.clear()
+    assert process_task(here, near, worker_id="t@test") == "throttled"  # one window away: back in 40 s, ETA
+    assert process_task(here, far, worker_id="t@test") == "throttled"  # two windows: it sleeps one, deferred
+    deferred = ctx.tasks.keys.index("deferred")
+    assert publisher.task_ids == [near] and ctx.tasks.r.zscore(deferred, near) is None
+    due = ctx.tasks.r.zscore(deferred, far)
+    assert due is not None and 50 < due - time.time() < 130
+    later = replace(here, clock=lambda: time.time() + 400)
+    process_pending_tasks(later)  # the broker has no message for `far`: on purpose
+    assert far not in publisher.task_ids
+    assert release_deferred_tasks(here) == {"released": 0}  # not due yet
+    assert release_deferred_tasks(replace(here, clock=lambda: due + 0.1)) == {"released": 1}
+    assert publisher.task_ids.count(far) == 1 and ctx.tasks.r.zscore(deferred, far) is None
+    # a deferred task that is cancelled leaves the index with its place in the line
+    ctx.tasks.defer(far, until=time.time() + 1000)
+    cancel_task(here, far, "no longer needed")
+    assert ctx.tasks.r.zscore(deferred, far) is None
