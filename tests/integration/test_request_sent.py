@@ -14,7 +14,7 @@ from aiintegration.providers import build_provider
 from aiintegration.providers.base import GenerationRequest, Provider
 from aiintegration.providers.sending import stamping
 from tests.fake_provider import FakeProvider
-from tests.support.calls import _run
+from tests.support.calls import on_loop
 
 HELD_S = 0.3
 
@@ -56,7 +56,7 @@ async def timed_calls(provider: Provider, n: int) -> list[tuple[float, float]]:
 def test_the_send_time_is_when_the_headers_go_out_not_when_the_call_began(sdk):
     server, provider = sdk
     held_back(provider, HELD_S)
-    calls = _run(timed_calls(provider, 3))
+    calls = on_loop(timed_calls(provider, 3))
     arrivals = sorted(r["at"] for r in server.requests)
     for (started, sent), arrived in zip(calls, arrivals, strict=True):
         assert started + HELD_S <= sent <= arrived  # after the hold, before the server read it
@@ -68,5 +68,5 @@ def test_outside_a_stamping_block_nothing_is_traced(sdk):
     holder = [0.0]
     with stamping(holder):
         pass
-    _run(provider.agenerate(ask()))
+    on_loop(provider.agenerate(ask()))
     assert holder == [0.0] and len(server.requests) == 1

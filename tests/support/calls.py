@@ -17,14 +17,15 @@ _loop = asyncio.new_event_loop()
 threading.Thread(target=_loop.run_forever, name="calls-loop", daemon=True).start()
 
 
-def _run(call: Coroutine[Any, Any, T]) -> T:
+def on_loop(call: Coroutine[Any, Any, T]) -> T:
+    """Run `call` on the shared loop (as a worker's calls run) and wait for its outcome."""
     return asyncio.run_coroutine_threadsafe(call, _loop).result()
 
 
 def generate(provider: Provider, request: GenerationRequest, mode: str) -> Generation:
     if mode == "blocking":
         return provider.generate(request)
-    return _run(provider.agenerate(request))
+    return on_loop(provider.agenerate(request))
 
 
 def stream(provider: Provider, request: GenerationRequest, should_stop: ShouldStop,
@@ -33,7 +34,7 @@ def stream(provider: Provider, request: GenerationRequest, should_stop: ShouldSt
     if mode == "blocking":
         yield from provider.stream(request, should_stop)
         return
-    pieces, error = _run(_collect(provider.astream(request, should_stop)))
+    pieces, error = on_loop(_collect(provider.astream(request, should_stop)))
     yield from pieces
     if error is not None:
         raise error
