@@ -54,6 +54,12 @@ def create_generation_task(
     pinned = sub.options.provider
     if pinned and not ctx.router.known(pinned):
         raise ValidationError("unknown provider", details={"options.provider": f"no provider named {pinned!r}"})
+    if (sub.idempotency_key or task_id) and ctx.settings.budgets.get(sub.tenant) is not None:
+        # A repeat (a retried request, a redelivered message) gets its first task before any budget
+        # is asked: a budget spent since then must not turn an accepted request into a 429.
+        first = ctx.tasks.existing(sub, task_id=task_id)
+        if first is not None:
+            return first, False
     sub = replace(sub, budget=reserve_budget(ctx, sub), lane_group=lane_group_for(ctx, sub))
     try:
         task_id, created = ctx.tasks.create(sub, task_id=task_id, now=ctx.clock())

@@ -38,20 +38,27 @@ local function retain(p, record, stream, id, status, tenant, by, now, ttl)
 end
 """
 
-CREATE = _EMIT + """
-local p, id = ARGV[1], ARGV[2]
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0, id} end  -- named by a redelivered message: made already
-if KEYS[4] ~= '' then
-  local existing = redis.call('GET', KEYS[4])
-  if existing then
-    local first, fingerprint = string.match(existing, '^([^ ]+) ?(.*)$')
-    if redis.call('EXISTS', p .. ':task:' .. first) == 1 then
-      if fingerprint ~= '' and fingerprint ~= ARGV[10] then return {2, first} end
-      return {0, first}
-    end
-  end
-  redis.call('SET', KEYS[4], id .. ' ' .. ARGV[10], 'EX', ARGV[4])
+# The task a submission names already: {0, id} (its own id, from a redelivered message, or the
+# first task its idempotency key named for the same request), {2, first id} (the key named a
+# task made from a different request), or nil (none).
+_FIND = """
+local function find(p, id, task_key, idem_key, fingerprint)
+  if task_key ~= '' and redis.call('EXISTS', task_key) == 1 then return {0, id} end
+  if idem_key == '' then return nil end
+  local existing = redis.call('GET', idem_key)
+  if not existing then return nil end
+  local first, fp = string.match(existing, '^([^ ]+) ?(.*)$')
+  if redis.call('EXISTS', p .. ':task:' .. first) == 0 then return nil end  -- it expired: the key is free
+  if fp ~= '' and fp ~= fingerprint then return {2, first} end
+  return {0, first}
 end
+"""
+
+CREATE = _EMIT + _FIND + """
+local p, id = ARGV[1], ARGV[2]
+local found = find(p, id, KEYS[1], KEYS[4], ARGV[10])
+if found then return found end
+if KEYS[4] ~= '' then redis.call('SET', KEYS[4], id .. ' ' .. ARGV[10], 'EX', ARGV[4]) end
 local fields, ttype = {}, ''
 for i = 11, #ARGV, 2 do
   fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 1]
@@ -65,6 +72,12 @@ move_status(p, id, '', 'queued', ARGV[3])
 count(p, 'aii_tasks_created_total|task_type=' .. ttype)
 emit(KEYS[2], KEYS[3], ARGV[7], ARGV[8], 'task.created', ARGV[6])
 return {1, id}
+"""
+
+# KEYS: task ('' for none), idempotency key ('' for none). ARGV: prefix, id, request fingerprint.
+# CREATE's first step alone (what it would return without writing), or {1, ''} when it would create.
+FIND = _FIND + """
+return find(ARGV[1], ARGV[2], KEYS[1], KEYS[2], ARGV[3]) or {1, ''}
 """
 
 # KEYS: task, task stream, global stream

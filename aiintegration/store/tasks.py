@@ -65,6 +65,7 @@ class TaskStore:
         self.idempotency_ttl_s = idempotency_ttl_s
         self.maxlens = (str(task_stream_maxlen), str(global_stream_maxlen))
         self._create = client.register_script(scripts.CREATE)
+        self._find = client.register_script(scripts.FIND)
         self._claim = client.register_script(scripts.CLAIM)
         self._transition = client.register_script(scripts.TRANSITION)
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
@@ -93,18 +94,27 @@ class TaskStore:
             lane=LANE if sub.lane_group else None, lane_group=sub.lane_group)
         event = event_data("task.created", record.id, now, task_type=sub.task_type, priority=sub.priority,
                            requested_by=sub.requested_by, tenant=sub.tenant)
-        idem = self.keys.idempotency(f"{sub.tenant}:{sub.idempotency_key}") if sub.idempotency_key else ""
+        idem = self._idempotency_key(sub)
         argv: list[Any] = [self.keys.prefix, record.id, now, self.idempotency_ttl_s, sub.requested_by, event,
                            *self.maxlens, sub.tenant, sub.fingerprint() if idem else ""]  # read only with a key
         for k, v in record.to_hash().items():
             if v != "":  # unset: absent (NOTE's "first" fields are set only where the record has none)
                 argv += [k, v]
-        outcome, tid = self._create(keys=[*self._script_keys(record.id), idem], args=argv)
-        if outcome == 2:
-            raise IdempotencyKeyReused("this Idempotency-Key was already used for a different request",
-                                       details={"idempotency_key": "reused with a different body",
-                                                "task_id": str(tid)})
-        return str(tid), bool(outcome)
+        return _outcome(self._create(keys=[*self._script_keys(record.id), idem], args=argv))
+
+    def existing(self, sub: Submission, *, task_id: str | None = None) -> str | None:
+        """The task `create` would return instead of creating one (named by `task_id` or by the
+        tenant's idempotency key for the same request), or None; IdempotencyKeyReused as there.
+        Nothing is written."""
+        idem = self._idempotency_key(sub)
+        if not task_id and not idem:
+            return None
+        tid, created = _outcome(self._find(keys=[self.keys.task(task_id) if task_id else "", idem],
+                                           args=[self.keys.prefix, task_id or "", sub.fingerprint() if idem else ""]))
+        return None if created else tid
+
+    def _idempotency_key(self, sub: Submission) -> str:
+        return self.keys.idempotency(f"{sub.tenant}:{sub.idempotency_key}") if sub.idempotency_key else ""
 
     def claim(self, task_id: str, *, worker_id: str, lease_s: float, max_processing_time: float,
               provider: str = "", route: Route | None = None, now: float | None = None) -> Claim:
@@ -380,6 +390,15 @@ class TaskStore:
             if stream_id_key(entry_id) > start:
                 out.append((entry_id, {"type": json.loads(data)["type"], "data": data}))
         return out
+
+
+def _outcome(out: Sequence[Any]) -> tuple[str, bool]:
+    """CREATE's or FIND's answer: (task id, created), or IdempotencyKeyReused."""
+    outcome, tid = out
+    if outcome == 2:
+        raise IdempotencyKeyReused("this Idempotency-Key was already used for a different request",
+                                   details={"idempotency_key": "reused with a different body", "task_id": str(tid)})
+    return str(tid), bool(outcome)
 
 
 def _record(raw: Mapping[str, str] | None) -> TaskRecord | None:

@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from aiintegration.domain.auth import parse_tokens
+from aiintegration.commands.create import create_generation_task
+from aiintegration.domain.auth import Caller, Role, parse_tokens
 from aiintegration.domain.budgets import parse_budgets
 from aiintegration.domain.providers import ProviderConfig
 from aiintegration.web import create_app
@@ -18,9 +19,10 @@ from tests.fake_provider import Behaviour, FakeProvider
 from tests.support import Worker, make_context, wait_for, wait_status
 
 TINY, RICH, OPS = "tiny-token-0123456789ab", "rich-token-0123456789ab", "ops-token-budgets-012345"
-KEYED = "keyed-token-0123456789ab"
+KEYED, SPENT = "keyed-token-0123456789ab", "spent-token-0123456789ab"
 TOKENS = json.dumps({TINY: {"name": "tiny", "role": "client"}, RICH: {"name": "rich", "role": "client"},
-                     OPS: {"name": "platform", "role": "operator"}, KEYED: {"name": "keyed", "role": "client"}})
+                     OPS: {"name": "platform", "role": "operator"}, KEYED: {"name": "keyed", "role": "client"},
+                     SPENT: {"name": "spent", "role": "client"}})
 KEY = "sk-test-LEAKCHECK-budgets-0123456789"
 BODY = {"task_type": "text_generation", "request_content": {"prompt": "hello there", "max_tokens": 100},
         "requested_by": "budget-test"}
@@ -37,7 +39,8 @@ def budget_of(web, tenant):
 
 @pytest.fixture(scope="module")
 def bctx(db):
-    return make_context(db, api_tokens=parse_tokens(TOKENS), budgets=parse_budgets('{"tiny": {"daily_tokens": 250}, "keyed": {"daily_tokens": 100000}}'))
+    return make_context(db, api_tokens=parse_tokens(TOKENS), budgets=parse_budgets(
+        '{"tiny": {"daily_tokens": 250}, "keyed": {"daily_tokens": 100000}, "spent": {"daily_tokens": 250}}'))
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +131,25 @@ def test_a_repeated_or_refused_idempotent_submission_holds_no_budget(web, bctx):
     other = web.post("/v1/tasks", json={**BODY, "request_content": {"prompt": "something else"}}, headers=headers)
     assert other.status_code == 422 and other.json["error"]["code"] == "idempotency_key_reused"
     assert held() == one  # was one + the refused request's estimate before
+
+
+def test_a_repeat_of_an_accepted_request_gets_its_task_after_the_budget_is_spent(web, bctx):
+    """A client that retries an accepted request (its answer was lost) or a redelivered
+    message by name gets the task it made, not 429 `budget_exceeded`; nothing more is held."""
+    bctx.providers.set_order(["local"])
+    keyed = {**as_(SPENT), "Idempotency-Key": "invoice-7"}
+    first = web.post("/v1/tasks", json=BODY, headers=keyed)
+    assert first.status_code == 202
+    for _ in range(5):  # ~103 tokens each against 250: the budget is spent by the third
+        if web.post("/v1/tasks", json=BODY, headers=as_(SPENT)).status_code == 429:
+            break
+    spent = budget_of(web, "spent")["day"]["reserved"]
+    again = web.post("/v1/tasks", json=BODY, headers=keyed)
+    assert again.status_code in (200, 202) and again.json["id"] == first.json["id"]  # was 429
+    other = web.post("/v1/tasks", json={**BODY, "request_content": {"prompt": "other"}}, headers=keyed)
+    assert other.status_code == 422 and other.json["error"]["code"] == "idempotency_key_reused"
+    redelivered = create_generation_task(bctx, caller=Caller("spent", Role.CLIENT), task_type=BODY["task_type"],
+                                         request_content=BODY["request_content"], requested_by="by-name",
+                                         task_id=first.json["id"], enqueue=False)
+    assert redelivered == (first.json["id"], False)
+    assert budget_of(web, "spent")["day"]["reserved"] == spent
