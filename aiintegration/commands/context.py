@@ -96,14 +96,17 @@ class Context:
         metrics = MetricsStore(client, keys=keys, flush_s=s.metrics_flush_s)
         tasks = TaskStore(client, keys=keys, metrics=metrics, retention_s=s.retention_s, idempotency_ttl_s=s.idempotency_ttl_s,
                           task_stream_maxlen=s.task_stream_maxlen, global_stream_maxlen=s.global_stream_maxlen)
+        runner = AttemptRunner(tasks, lease_s=s.lease_s)
+        # A replaced provider's client closes once no attempt can still be using it.
+        router = Router(providers, blocked_for=breakers.blocked_for,
+                        on_retire=lambda provider: runner.retire(provider, after_s=s.max_task_timeout_s + 30))
         ctx = cls(
             settings=s, publisher=publisher, tasks=tasks, dlq=DlqStore(client, keys=keys),
             chats=ChatStore(client, keys=keys, retention_s=s.retention_s, idle_ttl_s=s.chat_idle_ttl_s), providers=providers, events=events,
             breakers=breakers, broker=BrokerQueue(client), workers=WorkerRegistry(client, keys=keys),
             sweeps=SweepStore(client, keys=keys), metrics=metrics,
             feeds=OpenFeeds(client, keys=keys), quotas=QuotaStore(client, keys=keys, window_s=s.quota_window_s),
-            usage=UsageStore(client, keys=keys), router=Router(providers, blocked_for=breakers.blocked_for),
-            runner=AttemptRunner(tasks, lease_s=s.lease_s),
+            usage=UsageStore(client, keys=keys), router=router, runner=runner,
             lane=BatchStore(client, keys=keys, retention_s=s.retention_s), clock=clock,
         )
         providers.seed()

@@ -23,9 +23,11 @@ REFRESH_S = 1.0
 
 
 class Router:
-    def __init__(self, store: ProviderStore, *, blocked_for: Callable[[str], float] = lambda name: 0.0):
+    def __init__(self, store: ProviderStore, *, blocked_for: Callable[[str], float] = lambda name: 0.0,
+                 on_retire: Callable[[Provider], None] = lambda provider: None):
         self.store = store
         self.blocked_for = blocked_for  # seconds until a provider's breaker lets a call through
+        self.on_retire = on_retire  # a provider whose config changed: its calls in flight still use it
         self._lock = threading.Lock()
         self._checked = 0.0
         self._version = ""
@@ -44,7 +46,10 @@ class Router:
             if self.store.version() != self._version or not self._configs:
                 version, order, configs = self.store.snapshot()
                 # Rebuild only providers whose config changed, so SDK clients are reused.
+                retired = [p for n, p in self._instances.items() if configs.get(n) != p.config]
                 self._instances = {n: p for n, p in self._instances.items() if configs.get(n) == p.config}
+                for provider in retired:
+                    self.on_retire(provider)
                 self._version, self._order, self._configs = version, order, configs
                 self._candidates = {name: Candidate(name, c.enabled, provider_class(c.kind).capabilities)
                                     for name, c in configs.items()}

@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from aiintegration.providers.base import Provider
 from aiintegration.store.tasks import TaskStore
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class AttemptRunner:
         self._watchdog: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
+        self._closing: set[asyncio.Task[None]] = set()  # clients of replaced providers being closed
 
     def run(self, attempt: Attempt, call: Call[T], on_delta: OnDelta | None = None) -> Outcome[T]:
         """Run `call(attempt)` on the event loop and wait for it here; the deltas it emits are
@@ -120,6 +122,28 @@ class AttemptRunner:
                 raise
             return
         attempt.inbox.put((_VALUE, value))
+
+    def retire(self, provider: Provider, *, after_s: float) -> None:
+        """Close `provider`'s async client and its connections (its config was replaced) once
+        every call that may still use it has ended: `after_s`, the longest an attempt may run.
+        Nothing to do in a process that never ran a call (no loop, so no async client)."""
+        with self._lock:
+            loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        async def close() -> None:
+            try:
+                await provider.aclose()
+            except Exception:  # noqa: BLE001 - its connections go with the object anyway
+                log.debug("closing the client of a replaced provider failed", exc_info=True)
+
+        def start() -> None:
+            task = loop.create_task(close())
+            self._closing.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(self._closing.discard)
+
+        loop.call_soon_threadsafe(lambda: loop.call_later(after_s, start))
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:

@@ -155,6 +155,12 @@ class Provider:
         generation: Generation = await asyncio.to_thread(self.generate, request)
         return generation
 
+    async def aclose(self) -> None:
+        """Close the async SDK client (`aclient`) and its connections, if this adapter made one."""
+        client = self.__dict__.get("aclient")  # a functools.cached_property: there once it was used
+        if client is not None:
+            await client.close()
+
     async def astream(self, request: GenerationRequest, should_stop: ShouldStop) -> AsyncIterator[str | Generation]:
         """`stream`, awaited: text deltas, then the final `Generation`. Adapters with a streaming
         API override it; cancelling the consumer's task closes the stream."""

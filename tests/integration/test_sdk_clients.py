@@ -1,19 +1,24 @@
-"""When a provider call's request leaves (providers/sending.py): the moment its headers are
-written, which the quota bucket counts from, not the moment the attempt's coroutine starts.
-Both SDKs' async clients against the fake provider server."""
+"""The async SDK clients workers call providers with, against the fake provider server:
+when a call's request leaves (providers/sending.py: the moment its headers are written,
+which the quota bucket counts from, not when the attempt's coroutine starts), for both SDKs;
+and a replaced provider's client closed once no attempt can still be using it."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 
+from aiintegration.commands.routing import Router
+from aiintegration.commands.runner import AttemptRunner
 from aiintegration.domain.providers import ProviderConfig
 from aiintegration.providers import build_provider
 from aiintegration.providers.base import GenerationRequest, Provider
 from aiintegration.providers.sending import stamping
 from tests.fake_provider import FakeProvider
+from tests.support import wait_for
 from tests.support.calls import on_loop
 
 HELD_S = 0.3
@@ -70,3 +75,20 @@ def test_outside_a_stamping_block_nothing_is_traced(sdk):
         pass
     on_loop(provider.agenerate(ask()))
     assert holder == [0.0] and len(server.requests) == 1
+
+
+def test_a_replaced_providers_client_is_closed_once_no_attempt_can_still_use_it(ctx):
+    with FakeProvider() as fake:
+        runner = AttemptRunner(ctx.tasks, lease_s=30)
+        router = Router(ctx.providers, on_retire=lambda provider: runner.retire(provider, after_s=0.5))
+        config = ProviderConfig("closing", "openai", api_key="sk-test-LEAKCHECK-clients-0123456789",
+                                base_url=fake.base_url, timeout_s=5)
+        ctx.providers.put(config)
+        old = router.provider("closing")
+        asyncio.run_coroutine_threadsafe(old.agenerate(ask()), runner._event_loop()).result(timeout=10)
+        client = old.aclient  # made on the runner's loop by that call
+        ctx.providers.put(replace(config, timeout_s=6))
+        router.invalidate()
+        assert router.provider("closing") is not old
+        assert not client.is_closed()  # an attempt that began before the change may still use it
+        wait_for(client.is_closed, timeout_s=5, what="the replaced provider's client closed")
