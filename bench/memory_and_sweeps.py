@@ -91,7 +91,7 @@ def make_due(url: str, due: int, procs: int) -> None:
         sub = validate_submission(task_type="text_generation", request_content={"prompt": PROMPT},
                                   requested_by="service-0", default_timeout_s=300, max_timeout_s=3600,
                                   default_max_retries=3)
-        task_id, _ = ctx.tasks.create(sub, now=long_ago)
+        task_id, _, _ = ctx.tasks.create(sub, now=long_ago)
         ctx.tasks.claim(task_id, worker_id="bench@vanished", lease_s=30, max_processing_time=60, now=long_ago)
     time.sleep(1.5)  # the retention of the first batch runs out
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiintegration.commands.batches import admit, lane_group_for
@@ -14,8 +14,19 @@ from aiintegration.domain.auth import TRUSTED, Caller
 from aiintegration.domain.routing import Route
 from aiintegration.domain.submission import validate_submission
 from aiintegration.errors import ValidationError
+from aiintegration.store.tasks import Claim, Start
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class FirstAttempt:
+    """Asks `create_generation_task` to claim a new task's first attempt in the step that
+    stores it, for a caller that runs it at once (the task sent by name): one script instead
+    of CREATE then CLAIM. `claim` is set when it did (not for a repeat or the batch lane)."""
+
+    start: Start
+    claim: Claim | None = None
 
 
 def create_generation_task(
@@ -32,13 +43,15 @@ def create_generation_task(
     chat: tuple[str, str] | None = None,
     task_id: str | None = None,
     enqueue: bool = True,
+    first_attempt: FirstAttempt | None = None,
 ) -> tuple[str, bool]:
     """Returns (task id, created). The task belongs to the caller's tenant. With an idempotency
     key the tenant used in the last 24 h for the same request, returns the first task's id and
     creates nothing (created=False); for a different request, IdempotencyKeyReused.
     `chat` (session id, message id) links an answer to its chat message: SendChatMessage's
     alone, never a caller's. `task_id` names the record (a redelivered message finds it
-    instead of creating a second); `enqueue=False` leaves running it to the caller."""
+    instead of creating a second); `enqueue=False` leaves running it to the caller, and
+    `first_attempt` has its first attempt claimed for that caller as it is stored."""
     s = ctx.settings
     sub = validate_submission(
         task_type=task_type, request_content=request_content, requested_by=requested_by, priority=priority,
@@ -62,11 +75,14 @@ def create_generation_task(
             return first, False
     sub = replace(sub, budget=reserve_budget(ctx, sub), lane_group=lane_group_for(ctx, sub))
     try:
-        task_id, created = ctx.tasks.create(sub, task_id=task_id, now=ctx.clock())
+        task_id, created, claim = ctx.tasks.create(sub, task_id=task_id, now=ctx.clock(),
+                                                   start=first_attempt.start if first_attempt else None)
     except Exception:
         if sub.budget is not None:  # nothing was stored (a reused key, the store failing): nothing is held
             ctx.usage.release(sub.tenant, sub.budget)
         raise
+    if first_attempt is not None:
+        first_attempt.claim = claim
     if not created and sub.budget is not None:
         ctx.usage.release(sub.tenant, sub.budget)  # a repeat: the first task holds its own reservation
     if created and sub.lane_group:  # the batch lane: it waits for a batch, no worker runs it

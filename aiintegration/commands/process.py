@@ -80,7 +80,7 @@ async def _call(provider: Provider, request: GenerationRequest, attempt: Attempt
 
 
 @dataclass
-class _Plan:
+class AttemptPlan:
     """What an attempt will do once it holds the task: its provider (or why there is none)
     and its quota ticket."""
 
@@ -89,14 +89,21 @@ class _Plan:
     ticket: quotas.Ticket | None = None
 
 
-def _choose(ctx: Context, route: Route) -> _Plan:
+def _choose(ctx: Context, route: Route) -> AttemptPlan:
     try:
-        return _Plan(ctx.router.choose(route.task_type, pinned=route.pinned))
+        return AttemptPlan(ctx.router.choose(route.task_type, pinned=route.pinned))
     except AIIntegrationError as exc:
-        return _Plan(None, exc)
+        return AttemptPlan(None, exc)
 
 
-def _unread_plan(ctx: Context, route: Route) -> _Plan | None:
+def route_plan(ctx: Context, route: Route) -> AttemptPlan | None:
+    """The plan of an attempt that needs nothing of its record (see `_unread_plan`), for a
+    caller that claims the attempt as it creates the task; None: it must be planned after."""
+    plan = _unread_plan(ctx, route)
+    return plan if plan is not None and plan.provider is not None else None
+
+
+def _unread_plan(ctx: Context, route: Route) -> AttemptPlan | None:
     """The plan when the attempt needs nothing of the record before its claim: the provider
     follows from the route, and its quota has no limit to ask (or quotas are off). None: the
     record must be read first (its request is what the quota reserves for)."""
@@ -107,7 +114,7 @@ def _unread_plan(ctx: Context, route: Route) -> _Plan | None:
     return plan if plan.ticket is not None else None
 
 
-def _read_plan(ctx: Context, seen: TaskRecord) -> _Plan | str:
+def _read_plan(ctx: Context, seen: TaskRecord) -> AttemptPlan | str:
     """The plan from the record as read before the claim: the provider, and a reservation in
     its quota; or what became of the task instead (throttled: no room in the quota yet)."""
     plan = _choose(ctx, Route(seen.task_type, seen.pinned_provider))
@@ -130,7 +137,8 @@ def _writer(on_delta: OnDelta) -> OnDelta:
 
 
 def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_time: float = 300.0,
-                 on_delta: OnDelta | None = None, message_id: str | None = None, route: Route | None = None) -> str:
+                 on_delta: OnDelta | None = None, message_id: str | None = None, route: Route | None = None,
+                 claimed: tuple[AttemptPlan, Claim] | None = None) -> str:
     """Run one attempt of `task_id`. Returns what became of it: the new status, or
     `skipped:<status>` when the message was a duplicate or the task was no longer runnable.
     Every attempt that ran leaves one log line (`aiintegration.attempts`) and one span.
@@ -140,13 +148,18 @@ def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_t
     a wait for quota is never an attempt, a failure or a retry. With the task's `route` (its
     message carries it) and a provider whose quota has no limit, there is nothing to ask: the
     claim is the attempt's first round trip, and the record is read by it (a record on
-    another route than the message's is read and planned for as usual)."""
-    plan = _unread_plan(ctx, route) if route is not None else None
-    claim = None
-    if plan is not None:
-        claim = _claim(ctx, task_id, plan, worker_id, max_processing_time, route)
-        if claim.off_route:
-            plan = claim = None
+    another route than the message's is read and planned for as usual). `claimed`: the
+    attempt was planned by `route_plan` and claimed by the step that created the task."""
+    plan: AttemptPlan | None
+    claim: Claim | None
+    if claimed is not None:
+        plan, claim = claimed
+    else:
+        plan, claim = (_unread_plan(ctx, route) if route is not None else None), None
+        if plan is not None:
+            claim = _claim(ctx, task_id, plan, worker_id, max_processing_time, route)
+            if claim.off_route:
+                plan = claim = None
     if plan is None:
         seen = ctx.tasks.get(task_id)
         if seen is None or seen.status not in RUNNABLE:
@@ -183,7 +196,7 @@ def process_task(ctx: Context, task_id: str, *, worker_id: str, max_processing_t
     return report.status
 
 
-def _claim(ctx: Context, task_id: str, plan: _Plan, worker_id: str, max_processing_time: float,
+def _claim(ctx: Context, task_id: str, plan: AttemptPlan, worker_id: str, max_processing_time: float,
            route: Route | None) -> Claim:
     return ctx.tasks.claim(task_id, worker_id=worker_id, lease_s=ctx.settings.lease_s,
                            max_processing_time=max_processing_time,

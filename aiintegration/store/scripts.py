@@ -23,9 +23,12 @@ end
 
 # KEYS: task, task stream, global stream, idempotency key ('' for none; scoped to the tenant)
 # ARGV: prefix, id, created, idem ttl, requested_by, event data, tmax, gmax, tenant,
-#       request fingerprint, field, value, ...
+#       request fingerprint, started event data ('' = queued), due time (when started),
+#       field, value, ...
 # Returns {1, id} (created), {0, first id} (the key named a task made from the same request)
 # or {2, first id} (the key named a task made from a different request: nothing written).
+# Started: the record is made running, its first attempt claimed by the caller in the same
+# step (the fields say by whom): what CLAIM would do next, without a second script.
 # A finished record and its event stream expire after `ttl` seconds; the expiry index keeps
 # 2|id|status|tenant|requested_by, enough for the cleanup sweep to drop the id from every
 # listing index then (store/tasks.py reads it).
@@ -59,8 +62,8 @@ local p, id = ARGV[1], ARGV[2]
 local found = find(p, id, KEYS[1], KEYS[4], ARGV[10])
 if found then return found end
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], id .. ' ' .. ARGV[10], 'EX', ARGV[4]) end
-local fields, ttype = {}, ''
-for i = 11, #ARGV, 2 do
+local fields, ttype, started = {}, '', ARGV[11]
+for i = 13, #ARGV, 2 do
   fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 1]
   if ARGV[i] == 'task_type' then ttype = ARGV[i + 1] end
 end
@@ -68,9 +71,11 @@ redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', p .. ':idx:tasks', ARGV[3], id)
 redis.call('ZADD', p .. ':idx:by:' .. ARGV[5], ARGV[3], id)
 redis.call('ZADD', p .. ':idx:tenant:' .. ARGV[9], ARGV[3], id)
-move_status(p, id, '', 'queued', ARGV[3])
+move_status(p, id, '', started ~= '' and 'running' or 'queued', ARGV[3])
+if started ~= '' then redis.call('ZADD', p .. ':idx:due', ARGV[12], id) end
 count(p, 'aii_tasks_created_total|task_type=' .. ttype)
 emit(KEYS[2], KEYS[3], ARGV[7], ARGV[8], 'task.created', ARGV[6])
+if started ~= '' then emit(KEYS[2], KEYS[3], ARGV[7], ARGV[8], 'task.started', started) end
 return {1, id}
 """
 

@@ -51,6 +51,15 @@ class Claim:
         return self.claimed and self.status == TaskStatus.RUNNING
 
 
+@dataclass(frozen=True)
+class Start:
+    """Who claims a task's first attempt in the step that creates it (`TaskStore.create`)."""
+
+    worker_id: str
+    lease_s: float
+    max_processing_time: float
+
+
 def event_data(event: str, task_id: str, now: float, **fields: Any) -> str:
     return dumps({"type": event, "at": iso(now), "task_id": task_id, **fields})
 
@@ -78,12 +87,21 @@ class TaskStore:
         return [self.keys.task(task_id), self.keys.task_stream(task_id), self.keys.global_stream]
 
     # writes ----------------------------------------------------------------------------
-    def create(self, sub: Submission, *, task_id: str | None = None, now: float | None = None) -> tuple[str, bool]:
-        """Store a new queued record. Returns (id, created); created is False when the tenant's
-        idempotency key already named a task made from the same request, whose id is returned
-        instead. The same key with a different request raises IdempotencyKeyReused."""
+    def create(self, sub: Submission, *, task_id: str | None = None, now: float | None = None,
+               start: Start | None = None) -> tuple[str, bool, Claim | None]:
+        """Store a new queued record. Returns (id, created, claim); created is False when the
+        tenant's idempotency key already named a task made from the same request (or `task_id`
+        a record made already), whose id is returned instead. The same key with a different
+        request raises IdempotencyKeyReused. With `start` (not for the batch lane), a record
+        created is running, its first attempt claimed as `claim` would (one script, not two)."""
         now = time.time() if now is None else now
         cost, tokens, day, month = sub.budget or (None, None, None, None)
+        start = None if sub.lane_group else start
+        run: dict[str, Any] = {}
+        if start is not None:
+            run = {"status": S.RUNNING, "worker_id": start.worker_id, "run_id": uuid.uuid4().hex, "started_at": now,
+                   "lease_until": now + start.lease_s, "attempts": 1,
+                   "deadline_at": now + min(sub.options.timeout_s, start.max_processing_time)}
         record = TaskRecord(
             id=task_id or str(uuid.uuid4()), task_type=sub.task_type, status=S.QUEUED, requested_by=sub.requested_by,
             request_content=sub.request_content, priority=sub.priority, tenant=sub.tenant, metadata=sub.metadata,
@@ -92,15 +110,24 @@ class TaskStore:
             chat_message_id=sub.chat_message_id, trace_context=sub.trace_context,
             budget_cost=cost, budget_tokens=tokens, budget_day=day, budget_month=month,
             lane=LANE if sub.lane_group else None, lane_group=sub.lane_group)
+        record = record.with_changes(**run) if run else record
         event = event_data("task.created", record.id, now, task_type=sub.task_type, priority=sub.priority,
                            requested_by=sub.requested_by, tenant=sub.tenant)
+        started = "" if start is None else event_data("task.started", record.id, now, attempt=1,
+                                                       worker_id=start.worker_id, recovered=False)
+        due = min(record.lease_until, record.deadline_at) if record.lease_until and record.deadline_at else ""
         idem = self._idempotency_key(sub)
         argv: list[Any] = [self.keys.prefix, record.id, now, self.idempotency_ttl_s, sub.requested_by, event,
-                           *self.maxlens, sub.tenant, sub.fingerprint() if idem else ""]  # read only with a key
+                           *self.maxlens, sub.tenant, sub.fingerprint() if idem else "",  # read only with a key
+                           started, due]
         for k, v in record.to_hash().items():
             if v != "":  # unset: absent (NOTE's "first" fields are set only where the record has none)
                 argv += [k, v]
-        return _outcome(self._create(keys=[*self._script_keys(record.id), idem], args=argv))
+        tid, created = _outcome(self._create(keys=[*self._script_keys(record.id), idem], args=argv))
+        if not created or start is None:
+            return tid, created, None
+        self.metrics.record([observation("aii_task_queue_wait_seconds", 0.0, task_type=record.task_type)])
+        return tid, created, Claim(True, S.QUEUED, record)
 
     def existing(self, sub: Submission, *, task_id: str | None = None) -> str | None:
         """The task `create` would return instead of creating one (named by `task_id` or by the

@@ -9,10 +9,13 @@ from celery import Task, shared_task, states
 
 from aiintegration.commands import lifecycle
 from aiintegration.commands.context import get_context
+from aiintegration.commands.create import FirstAttempt
 from aiintegration.commands.create import create_generation_task as create
 from aiintegration.commands.process import process_task as process
+from aiintegration.commands.process import route_plan
 from aiintegration.domain.auth import trusted
 from aiintegration.domain.routing import Route
+from aiintegration.store.tasks import Start
 from aiintegration.tasks import CALLER_ERRORS, current_worker_id, error_result, policy
 
 
@@ -29,10 +32,18 @@ def create_generation_task(self: Task[Any, Any], /, task_type: str, request_cont
     worker died) finds its record and carries the attempt on; retries go as usual."""
     ctx = get_context()
     record_id = record_id_for(self.request.id)
+    worker_id, limit = current_worker_id(self), ctx.settings.max_task_timeout_s
+    pinned = options.get("provider") if isinstance(options, dict) else None  # validated by create()
+    route = Route(str(task_type), pinned if isinstance(pinned, str) else None)
+    # Its provider follows from the message and has no quota to ask: the record is stored
+    # with its first attempt claimed (one script); else the attempt is planned after.
+    plan = route_plan(ctx, route)
+    first = FirstAttempt(Start(worker_id, ctx.settings.lease_s, limit)) if plan is not None else None
     try:
         task_id, created = create(ctx, caller=trusted(tenant), task_type=task_type, request_content=request_content,
                                   requested_by=requested_by, priority=priority, metadata=metadata,
-                                  idempotency_key=idempotency_key, options=options, task_id=record_id, enqueue=False)
+                                  idempotency_key=idempotency_key, options=options, task_id=record_id, enqueue=False,
+                                  first_attempt=first)
     except CALLER_ERRORS as exc:
         return error_result(exc)
     reply = {"ok": True, "id": task_id, "created": created}
@@ -41,8 +52,9 @@ def create_generation_task(self: Task[Any, Any], /, task_type: str, request_cont
             self.backend.store_result(self.request.id, reply, states.SUCCESS)
             # Stored: Celery's own store after the return would only read it back and keep it.
             self.request.ignore_result = True
-        process(ctx, task_id, worker_id=current_worker_id(self), max_processing_time=ctx.settings.max_task_timeout_s,
-                message_id=f"{task_id}.1", route=Route(task_type, (options or {}).get("provider")))
+        claimed = (plan, first.claim) if plan is not None and first is not None and first.claim is not None else None
+        process(ctx, task_id, worker_id=worker_id, max_processing_time=limit, message_id=f"{task_id}.1", route=route,
+                claimed=claimed)
     return reply
 
 

@@ -95,7 +95,7 @@ def test_a_dead_lettered_task_is_never_compacted(ctx):
 
     sub = validate_submission(task_type="text_generation", request_content={"prompt": "x"}, requested_by="svc",
                               default_timeout_s=300, max_timeout_s=3600, default_max_retries=3)
-    task_id, _ = ctx.tasks.create(sub)
+    task_id, _, _ = ctx.tasks.create(sub)
     done, _ = ctx.tasks.transition(task_id, to="dead_lettered", allowed_from=["queued"],
                                    events=[("task.dead_lettered", {"reason": "test"})])
     assert done

@@ -145,6 +145,13 @@ def test_a_task_sent_by_name_stores_its_reply_once(ctx, worker):
     key = f"celery-task-meta-{task_id}"
     on_reply = [args[0] for _, args in monitor.commands if key in args and args[0] not in ("SUBSCRIBE", "UNSUBSCRIBE")]
     assert on_reply == ["GET", "SETEX", "PUBLISH"], on_reply  # Celery's check, the reply and its notice
+    # The record is stored with its first attempt claimed: CREATE, then the finishing TRANSITION, no CLAIM
+    # (the state-changing scripts are the ones that take the global event stream; a lease renewal does not)
+    scripts = {args[1] for _, args in monitor.commands
+               if args[0] == "EVALSHA" and f"aii:task:{task_id}" in args and "aii:events" in args}
+    assert len(scripts) == 2, scripts
+    assert [e["type"] for e in events_of(ctx, task_id)] == ["task.created", "task.started", "task.succeeded"]
+    assert ctx.tasks.get(task_id).attempts == 1
 
 
 def test_send_task_with_bad_input_gets_a_clear_error_back(ctx):
