@@ -13,7 +13,7 @@ from aiintegration.commands.usage import reserve_budget
 from aiintegration.domain.auth import TRUSTED, Caller
 from aiintegration.domain.routing import Route
 from aiintegration.domain.submission import validate_submission
-from aiintegration.errors import ValidationError
+from aiintegration.errors import BudgetExceeded, ValidationError
 from aiintegration.store.tasks import Claim, Start
 
 log = logging.getLogger(__name__)
@@ -67,13 +67,16 @@ def create_generation_task(
     pinned = sub.options.provider
     if pinned and not ctx.router.known(pinned):
         raise ValidationError("unknown provider", details={"options.provider": f"no provider named {pinned!r}"})
-    if (sub.idempotency_key or task_id) and ctx.settings.budgets.get(sub.tenant) is not None:
-        # A repeat (a retried request, a redelivered message) gets its first task before any budget
-        # is asked: a budget spent since then must not turn an accepted request into a 429.
-        first = ctx.tasks.existing(sub, task_id=task_id)
-        if first is not None:
-            return first, False
-    sub = replace(sub, budget=reserve_budget(ctx, sub), lane_group=lane_group_for(ctx, sub))
+    try:
+        budget = reserve_budget(ctx, sub)
+    except BudgetExceeded:
+        # A repeat (a retried request, a redelivered message) gets its first task: a budget spent
+        # since then must not turn an accepted request into a 429. Looked up only when refused.
+        first = ctx.tasks.existing(sub, task_id=task_id) if sub.idempotency_key or task_id else None
+        if first is None:
+            raise
+        return first, False
+    sub = replace(sub, budget=budget, lane_group=lane_group_for(ctx, sub))
     try:
         task_id, created, claim = ctx.tasks.create(sub, task_id=task_id, now=ctx.clock(),
                                                    start=first_attempt.start if first_attempt else None)

@@ -23,7 +23,8 @@ class Keys:
 
     def index(self, name: str) -> str:
         """`tasks`, `status:<s>`, `by:<requested_by>`, `due` (running attempts at the earlier
-        of lease end and deadline), `retry`, `expiry`, `compact`, `dlq`."""
+        of lease end and deadline), `retry`, `deferred` (throttled tasks sleeping in Redis),
+        `expiry`, `compact`, `dlq`."""
         return f"{self.prefix}:idx:{name}"
 
     def idempotency(self, key: str) -> str:

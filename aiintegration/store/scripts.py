@@ -21,14 +21,6 @@ local function move_status(p, id, old, new, created)
 end
 """
 
-# KEYS: task, task stream, global stream, idempotency key ('' for none; scoped to the tenant)
-# ARGV: prefix, id, created, idem ttl, requested_by, event data, tmax, gmax, tenant,
-#       request fingerprint, started event data ('' = queued), due time (when started),
-#       field, value, ...
-# Returns {1, id} (created), {0, first id} (the key named a task made from the same request)
-# or {2, first id} (the key named a task made from a different request: nothing written).
-# Started: the record is made running, its first attempt claimed by the caller in the same
-# step (the fields say by whom): what CLAIM would do next, without a second script.
 # A finished record and its event stream expire after `ttl` seconds; the expiry index keeps
 # 2|id|status|tenant|requested_by, enough for the cleanup sweep to drop the id from every
 # listing index then (store/tasks.py reads it).
@@ -57,6 +49,14 @@ local function find(p, id, task_key, idem_key, fingerprint)
 end
 """
 
+# KEYS: task, task stream, global stream, idempotency key ('' for none; scoped to the tenant)
+# ARGV: prefix, id, created, idem ttl, requested_by, event data, tmax, gmax, tenant,
+#       request fingerprint, started event data ('' = queued), due time (when started),
+#       field, value, ...
+# Returns {1, id} (created), {0, first id} (the key named a task made from the same request)
+# or {2, first id} (the key named a task made from a different request: nothing written).
+# Started: the record is made running, its first attempt claimed by the caller in the same
+# step (the fields say by whom): what CLAIM would do next, without a second script.
 CREATE = _EMIT + _FIND + """
 local p, id = ARGV[1], ARGV[2]
 local found = find(p, id, KEYS[1], KEYS[4], ARGV[10])
