@@ -94,7 +94,8 @@ class Context:
         breakers = Breakers(s.redis_url, client, keys=keys, fail_max=s.breaker_fail_max, reset_s=s.breaker_reset_s,
                             on_change=lambda name, old, new: breaker_event(events, name, old, new))
         metrics = MetricsStore(client, keys=keys, flush_s=s.metrics_flush_s)
-        tasks = TaskStore(client, keys=keys, metrics=metrics, retention_s=s.retention_s, idempotency_ttl_s=s.idempotency_ttl_s,
+        tasks = TaskStore(client, keys=keys, metrics=metrics, retention_s=s.retention_s,
+                          compact_after_s=s.events_compact_after_s, idempotency_ttl_s=s.idempotency_ttl_s,
                           task_stream_maxlen=s.task_stream_maxlen, global_stream_maxlen=s.global_stream_maxlen)
         runner = AttemptRunner(tasks, lease_s=s.lease_s)
         # A replaced provider's client closes once no attempt can still be using it.

@@ -46,8 +46,8 @@ def _locked(name: str) -> Callable[[Sweep], Sweep]:
 def cleanup_timed_out_tasks(ctx: Context, *, limit: int = 500, grace_s: float = 5.0) -> dict[str, Any]:
     """Running tasks past their deadline, or whose worker stopped renewing its lease (it
     died), → timed_out → retry or DLQ. The worker's own watchdog normally gets there first;
-    this is the backstop. Also drops expired records from the indexes and compacts the
-    event streams of finished tasks."""
+    this is the backstop. Also keeps finished records (`TaskStore.upkeep`): folds their
+    event streams in, deletes them when their retention ends."""
     now = ctx.clock()
     ids = ctx.tasks.overdue(before=now - grace_s, limit=limit)
     outcomes: dict[str, int] = {}
@@ -67,11 +67,11 @@ def cleanup_timed_out_tasks(ctx: Context, *, limit: int = 500, grace_s: float = 
         outcome = mark_timed_out(ctx, record, run_id=record.run_id, exc=exc) or "moved_on"
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     ctx.tasks.settle_overdue(rescore=rescore, gone=gone, seen=ids)
-    expired = ctx.tasks.drop_expired(now=now, limit=limit)
     # Streams of tasks finished a while ago (no live feed still follows them) fold into the
-    # records: ~1.3 KiB less per kept task (bench/memory_and_sweeps.py).
-    compacted = ctx.tasks.compact_finished(before=now - ctx.settings.events_compact_after_s)
-    return {"examined": len(ids), "expired": expired, "compacted": compacted, **outcomes}
+    # records, ~1.3 KiB less per kept task (bench/memory_and_sweeps.py); records past their
+    # retention go, with their ids in every index.
+    kept = ctx.tasks.upkeep(now=now)
+    return {"examined": len(ids), "expired": kept["expired"], "compacted": kept["folded"], **outcomes}
 
 
 def _messages_for_queued(ctx: Context) -> int:

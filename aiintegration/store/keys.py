@@ -24,7 +24,8 @@ class Keys:
     def index(self, name: str) -> str:
         """`tasks`, `status:<s>`, `by:<requested_by>`, `due` (running attempts at the earlier
         of lease end and deadline), `retry`, `deferred` (throttled tasks sleeping in Redis),
-        `expiry`, `compact`, `dlq`."""
+        `upkeep` (kept records: when the cleanup sweep visits them next), `dlq`; `expiry` and
+        `compact` were where earlier versions listed kept records (drained by the sweep)."""
         return f"{self.prefix}:idx:{name}"
 
     def idempotency(self, key: str) -> str:

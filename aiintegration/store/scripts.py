@@ -21,15 +21,16 @@ local function move_status(p, id, old, new, created)
 end
 """
 
-# A finished record and its event stream expire after `ttl` seconds; the expiry index keeps
-# 2|id|status|tenant|requested_by, enough for the cleanup sweep to drop the id from every
-# listing index then (store/tasks.py reads it).
+# A finished record is kept `ttl` seconds: `expires_at` in the record says until when, and
+# `idx:upkeep` (member id|status|tenant|requested_by) says when the cleanup sweep looks at it
+# next: at `visit` (its event stream folded into the record then, UPKEEP), and at `expires_at`,
+# when the sweep deletes the record and its stream and drops its id from every listing index.
+# The sweep deletes, not a Redis EXPIRE: the sweep has to visit anyway for the indexes, and a
+# record that left its retention (a DLQ entry retried) must not vanish under a stale entry.
+# The record's own HSET writes `expires_at` (TRANSITION adds it to its fields).
 _RETAIN = """
-local function retain(p, record, stream, id, status, tenant, by, now, ttl)
-  redis.call('EXPIRE', record, ttl)
-  redis.call('EXPIRE', stream, ttl)
-  redis.call('ZADD', p .. ':idx:expiry', now + ttl,
-    '2|' .. id .. '|' .. status .. '|' .. (tenant or 'default') .. '|' .. (by or ''))
+local function retain(p, id, status, tenant, by, visit)
+  redis.call('ZADD', p .. ':idx:upkeep', visit, id .. '|' .. status .. '|' .. (tenant or 'default') .. '|' .. (by or ''))
 end
 """
 
@@ -52,18 +53,19 @@ end
 # KEYS: task, task stream, global stream, idempotency key ('' for none; scoped to the tenant)
 # ARGV: prefix, id, created, idem ttl, requested_by, event data, tmax, gmax, tenant,
 #       request fingerprint, started event data ('' = queued), due time (when started),
-#       field, value, ...
+#       named ('1' when the caller named the id: a record may exist already; '' for an id
+#       made for this call, which cannot), field, value, ...
 # Returns {1, id} (created), {0, first id} (the key named a task made from the same request)
 # or {2, first id} (the key named a task made from a different request: nothing written).
 # Started: the record is made running, its first attempt claimed by the caller in the same
 # step (the fields say by whom): what CLAIM would do next, without a second script.
 CREATE = _EMIT + _FIND + """
 local p, id = ARGV[1], ARGV[2]
-local found = find(p, id, KEYS[1], KEYS[4], ARGV[10])
+local found = find(p, id, ARGV[13] == '1' and KEYS[1] or '', KEYS[4], ARGV[10])
 if found then return found end
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], id .. ' ' .. ARGV[10], 'EX', ARGV[4]) end
 local fields, ttype, started = {}, '', ARGV[11]
-for i = 13, #ARGV, 2 do
+for i = 14, #ARGV, 2 do
   fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 1]
   if ARGV[i] == 'task_type' then ttype = ARGV[i + 1] end
 end
@@ -149,20 +151,21 @@ return out
 """
 
 # KEYS: task, task stream, global stream
-# ARGV: prefix, from (comma list), to, require field, require value, now, ttl (>0 expire,
-#       -1 persist, 0 leave), n events, tmax, gmax,
+# ARGV: prefix, from (comma list), to, require field, require value, now, ttl (>0 kept that
+#       long (_RETAIN), -1 kept for good, 0 leave), n events, tmax, gmax,
 #       retry_at, dlq entry, terminal ('1' when `to` is terminal: counted as finished, and a
 #       budget reservation made at submission is released), usage ('' or store/usage.py's
-#       encoding: the call's tokens and cost into the day's and month's ledgers),
-#       then n (type, data) pairs, then field, value, ...
+#       encoding: the call's tokens and cost into the day's and month's ledgers), the sweep's
+#       first visit in seconds from now (with ttl > 0), then n (type, data) pairs, then
+#       field, value, ...
 # Returns {1, old status, task type, seconds since it was created} (the caller buffers the
 # metrics, store/metrics.py) or {0, current status ('' when the task does not exist)}.
 # The record is read once (one HMGET of the fields it needs; `provider` as the change leaves it).
 TRANSITION = _EMIT + _RETAIN + """
 local p, to, now = ARGV[1], ARGV[3], ARGV[6]
-local st, id, tenant, by, created, ttype, prov, bc, bt, bd, bm, line, required = unpack(redis.call('HMGET',
+local st, id, tenant, by, created, ttype, prov, bc, bt, bd, bm, line, kept, required = unpack(redis.call('HMGET',
   KEYS[1], 'status', 'id', 'tenant', 'requested_by', 'created_at', 'task_type', 'provider', 'budget_cost',
-  'budget_tokens', 'budget_day', 'budget_month', 'throttled_in', ARGV[4] ~= '' and ARGV[4] or 'status'))
+  'budget_tokens', 'budget_day', 'budget_month', 'throttled_in', 'expires_at', ARGV[4] ~= '' and ARGV[4] or 'status'))
 if not st then return {0, ''} end
 local allowed = false
 for s in string.gmatch(ARGV[2], '[^,]+') do if s == st then allowed = true end end
@@ -171,7 +174,9 @@ if ARGV[4] ~= '' and required ~= ARGV[5] then return {0, st} end
 tenant, ttype, created = tenant or 'default', ttype or '', tonumber(created) or tonumber(now)
 local nev = tonumber(ARGV[8])
 local fields = {'status', to, 'updated_at', now}
-for i = 15 + 2 * nev, #ARGV, 2 do
+local ttl = tonumber(ARGV[7])
+if ttl > 0 then fields[5], fields[6] = 'expires_at', string.format('%.17g', tonumber(now) + ttl) end
+for i = 16 + 2 * nev, #ARGV, 2 do
   fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 1]
   if ARGV[i] == 'provider' then prov = ARGV[i + 1] end
 end
@@ -184,12 +189,11 @@ if ARGV[12] ~= '' then
   redis.call('ZADD', p .. ':idx:dlq', now, id)  -- waiting for a decision
   redis.call('ZADD', p .. ':idx:dlq_kept', now, id)  -- every entry, for the DLQ retention
 end
-local ttl = tonumber(ARGV[7])
 if ttl > 0 then
-  retain(p, KEYS[1], KEYS[2], id, to, tenant, by, tonumber(now), ttl)
-  redis.call('ZADD', p .. ':idx:compact', now, id)  -- its event stream is folded in later (COMPACT)
+  retain(p, id, to, tenant, by, string.format('%.17g', tonumber(now) + tonumber(ARGV[15])))
 elseif ttl < 0 then
-  redis.call('PERSIST', KEYS[1])
+  if kept then redis.call('HDEL', KEYS[1], 'expires_at') end  -- kept again: its upkeep entry is stale now
+  redis.call('PERSIST', KEYS[1])  -- a record an earlier version gave a Redis TTL
   redis.call('PERSIST', KEYS[2])
 end
 move_status(p, id, st, to, created)
@@ -241,7 +245,7 @@ elseif to == 'retrying' then
 elseif to == 'timed_out' then
   count(p, 'aii_tasks_timed_out_total|task_type=' .. ttype)
 end
-for i = 0, nev - 1 do emit(KEYS[2], KEYS[3], ARGV[9], ARGV[10], ARGV[15 + 2 * i], ARGV[16 + 2 * i]) end
+for i = 0, nev - 1 do emit(KEYS[2], KEYS[3], ARGV[9], ARGV[10], ARGV[16 + 2 * i], ARGV[17 + 2 * i]) end
 return {1, st, ttype, string.format('%.6f', math.max(0, tonumber(now) - created))}
 """
 
@@ -267,42 +271,78 @@ return out
 """
 
 
-# KEYS: task, task stream. ARGV: prefix, id.
 # A succeeded or cancelled task gets no more events: its stream (a Redis stream costs ~1.3
 # KiB even for three events) is folded into the record as `events`, one "<stream id>
 # <data JSON>" line per event, and deleted; fields of the running attempt go too. Returns 1
-# when it did. Idempotent.
-COMPACT = """
-local p, id = ARGV[1], ARGV[2]
-redis.call('ZREM', p .. ':idx:compact', id)
-local st = redis.call('HGET', KEYS[1], 'status')
-if (st ~= 'succeeded' and st ~= 'cancelled') or redis.call('HEXISTS', KEYS[1], 'events') == 1 then return 0 end
-local lines = {}
-for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
-  local f = entry[2]
-  for j = 1, #f, 2 do
-    if f[j] == 'data' then lines[#lines + 1] = entry[1] .. ' ' .. f[j + 1] end
+# when it did, 0 when there was nothing to fold. Idempotent.
+_FOLD = """
+local function fold(record, stream)
+  local st = redis.call('HGET', record, 'status')
+  if (st ~= 'succeeded' and st ~= 'cancelled') or redis.call('HEXISTS', record, 'events') == 1 then return 0 end
+  local lines = {}
+  for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+')) do
+    local f = entry[2]
+    for j = 1, #f, 2 do
+      if f[j] == 'data' then lines[#lines + 1] = entry[1] .. ' ' .. f[j + 1] end
+    end
   end
+  redis.call('HSET', record, 'events', table.concat(lines, '\\n'))
+  redis.call('DEL', stream)
+  -- fields that only mattered while it ran, and empty ones (a missing field reads as empty)
+  local drop = {'run_id', 'lease_until', 'enqueued_at'}
+  local all = redis.call('HGETALL', record)
+  for i = 1, #all, 2 do if all[i + 1] == '' then drop[#drop + 1] = all[i] end end
+  redis.call('HDEL', record, unpack(drop))
+  return 1
 end
-redis.call('HSET', KEYS[1], 'events', table.concat(lines, '\\n'))
-redis.call('DEL', KEYS[2])
--- fields that only mattered while it ran, and empty ones (a missing field reads as empty)
-local drop = {'run_id', 'lease_until', 'enqueued_at'}
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do if all[i + 1] == '' then drop[#drop + 1] = all[i] end end
-redis.call('HDEL', KEYS[1], unpack(drop))
-return 1
 """
 
+# KEYS: task, task stream. ARGV: prefix, id.
+# `idx:compact`, where versions before `idx:upkeep` listed finished tasks to fold: drained
+# by the cleanup sweep (store/tasks.py `compact_listed`).
+COMPACT = _FOLD + """
+redis.call('ZREM', ARGV[1] .. ':idx:compact', ARGV[2])
+return fold(KEYS[1], KEYS[2])
+"""
 
-# KEYS: task, task stream. ARGV: prefix, ttl, now.
-# The record and its events expire after `ttl` seconds, and it is put on the expiry index so
-# the cleanup sweep drops its id from every listing index then. Returns 1, or 0 if it is gone.
+# KEYS: task, task stream. ARGV: prefix, idx:upkeep member (id|status|tenant|requested_by), now.
+# The cleanup sweep's visit of a kept record (_RETAIN): past `expires_at`, the record and its
+# stream are deleted and its id leaves every listing index ('expired'); before it, its stream
+# is folded in and the next visit is at `expires_at` ('folded'); an entry the record has
+# outgrown (kept for good again, or kept again under another status) just goes ('stale').
+UPKEEP = _FOLD + """
+local p, member, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local index = p .. ':idx:upkeep'
+local id, status, tenant, by = string.match(member, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+local st, kept = unpack(redis.call('HMGET', KEYS[1], 'status', 'expires_at'))
+kept = tonumber(kept)
+if st and (st ~= status or not kept) then
+  redis.call('ZREM', index, member)
+  return 'stale'
+end
+if st and kept > now then
+  fold(KEYS[1], KEYS[2])
+  redis.call('ZADD', index, string.format('%.17g', kept), member)
+  return 'folded'
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+for _, name in ipairs({'tasks', 'status:' .. status, 'by:' .. by, 'tenant:' .. tenant}) do
+  redis.call('ZREM', p .. ':idx:' .. name, id)
+end
+redis.call('ZREM', index, member)
+return 'expired'
+"""
+
+# KEYS: task. ARGV: prefix, ttl, now.
+# The record is kept `ttl` seconds more (_RETAIN), then deleted with its events by the
+# cleanup sweep (a discarded or too old DLQ entry). Returns 1, or 0 if it is gone.
 RETAIN = _RETAIN + """
 local p, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local id, st, tenant, by = unpack(redis.call('HMGET', KEYS[1], 'id', 'status', 'tenant', 'requested_by'))
 if not id then return 0 end
-retain(p, KEYS[1], KEYS[2], id, st, tenant, by, now, ttl)
+local kept = string.format('%.17g', now + ttl)
+redis.call('HSET', KEYS[1], 'expires_at', kept)
+retain(p, id, st, tenant, by, kept)
 return 1
 """
 

@@ -1,9 +1,10 @@
 """Task records in Redis: create, claim, transition, heartbeat, look up and list.
 
 A record is a hash (`Keys.task`); its events go to its own stream and the global one (a
-succeeded or cancelled task's own stream is later folded into the record as `events`, see
-`compact_finished`). Listing, deadlines, leases, retries and expiry use sorted sets, never
-a keyspace scan. Every state change is one Lua script (`scripts.py`).
+succeeded or cancelled task's own stream is later folded into the record as `events`, and a
+kept record is deleted when its retention ends: both by the cleanup sweep, see `upkeep`).
+Listing, deadlines, leases, retries and retention use sorted sets, never a keyspace scan.
+Every state change is one Lua script (`scripts.py`).
 """
 
 from __future__ import annotations
@@ -66,11 +67,13 @@ def event_data(event: str, task_id: str, now: float, **fields: Any) -> str:
 
 class TaskStore:
     def __init__(self, client: redis.Redis, *, keys: Keys, metrics: MetricsStore, retention_s: int = 604800,
-                 idempotency_ttl_s: int = 86400, task_stream_maxlen: int = 2000, global_stream_maxlen: int = 100000):
+                 compact_after_s: float = 300.0, idempotency_ttl_s: int = 86400, task_stream_maxlen: int = 2000,
+                 global_stream_maxlen: int = 100000):
         self.r = client
         self.keys = keys
         self.metrics = metrics  # where the samples of a change go, once it is made
         self.retention_s = retention_s
+        self.compact_after_s = compact_after_s  # a kept record's stream is folded in this long after it ended
         self.idempotency_ttl_s = idempotency_ttl_s
         self.maxlens = (str(task_stream_maxlen), str(global_stream_maxlen))
         self._create = client.register_script(scripts.CREATE)
@@ -79,6 +82,7 @@ class TaskStore:
         self._transition = client.register_script(scripts.TRANSITION)
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
         self._compact = client.register_script(scripts.COMPACT)
+        self._upkeep = client.register_script(scripts.UPKEEP)
         self._retain = client.register_script(scripts.RETAIN)
         self._note = client.register_script(scripts.NOTE)
         self._take_due = client.register_script(scripts.TAKE_DUE)
@@ -119,7 +123,7 @@ class TaskStore:
         idem = self._idempotency_key(sub)
         argv: list[Any] = [self.keys.prefix, record.id, now, self.idempotency_ttl_s, sub.requested_by, event,
                            *self.maxlens, sub.tenant, sub.fingerprint() if idem else "",  # read only with a key
-                           started, due]
+                           started, due, "1" if task_id else ""]
         for k, v in record.to_hash().items():
             if v != "":  # unset: absent (NOTE's "first" fields are set only where the record has none)
                 argv += [k, v]
@@ -174,7 +178,8 @@ class TaskStore:
         another (field, value) that must hold, e.g. the lane batch holding a queued task);
         `events`, field changes, the usage ledger and a DLQ entry go in the same atomic step,
         and `metrics` to this process's buffer once it is made. Returns (done, status before;
-        '' when the task does not exist). Final states start the retention clock; queued stops it."""
+        '' when the task does not exist). Final states start the retention clock (`upkeep`);
+        queued stops it."""
         allowed = ALLOWED_FROM[to] if allowed_from is None else frozenset(allowed_from)
         if not allowed <= ALLOWED_FROM[to]:
             raise ValueError(f"{sorted(allowed - ALLOWED_FROM[to])} -> {to} is not in the state table")
@@ -185,6 +190,7 @@ class TaskStore:
             self.keys.prefix, ",".join(sorted(allowed)), str(to), field, value, now, ttl,
             len(events), *self.maxlens, "" if retry_at is None else retry_at,
             dumps(dict(dlq_entry)) if dlq_entry else "", "1" if to in TERMINAL else "", usage,
+            min(self.compact_after_s, ttl) if ttl > 0 else "",
         ]
         for name, event_fields in events:
             argv += [name, event_data(name, task_id, now, **event_fields)]
@@ -253,12 +259,12 @@ class TaskStore:
         self.r.zadd(self.keys.index("retry"), {task_id: now}, xx=True)
 
     def start_retention(self, task_id: str, *, ttl_s: float | None = None, now: float | None = None) -> bool:
-        """The record and its events expire after `ttl_s` (default: the retention period) and
-        leave every index then (a discarded or too old DLQ entry). False if it is gone already."""
+        """The record and its events are kept `ttl_s` more (default: the retention period), then
+        deleted and dropped from every index by `upkeep` (a discarded or too old DLQ entry).
+        False if it is gone already."""
         ttl = max(1, int(self.retention_s if ttl_s is None else ttl_s))
         now = time.time() if now is None else now
-        return bool(self._retain(keys=[self.keys.task(task_id), self.keys.task_stream(task_id)],
-                                 args=[self.keys.prefix, ttl, now]))
+        return bool(self._retain(keys=[self.keys.task(task_id)], args=[self.keys.prefix, ttl, now]))
 
     # reads -----------------------------------------------------------------------------
     def get(self, task_id: str) -> TaskRecord | None:
@@ -360,43 +366,73 @@ class TaskStore:
         return {status.value: int(n) for status, n in zip(S, pipe.execute(), strict=True)}
 
     # upkeep ------------------------------------------------------------------------------
-    def drop_expired(self, *, now: float, limit: int = 1000) -> int:
-        """Remove records whose retention ran out from the listing indexes (the hashes and
-        streams expire by themselves). Work follows the number expired, not the total."""
-        key = self.keys.index("expiry")
-        members = cast(list[str], self.r.zrangebyscore(key, "-inf", now, start=0, num=limit))
-        if not members:
-            return 0
-        pipe = self.r.pipeline(transaction=False)
-        for member in members:
-            if member.startswith("2|"):
-                _, task_id, status, tenant, requested_by = member.split("|", 4)
-                pipe.zrem(self.keys.index(f"tenant:{tenant}"), task_id)
-            else:  # written before tenants: id|status|requested_by
-                task_id, status, requested_by = member.split("|", 2)
-            pipe.zrem(self.keys.index("tasks"), task_id)
-            pipe.zrem(self.keys.index(f"status:{status}"), task_id)
-            pipe.zrem(self.keys.index(f"by:{requested_by}"), task_id)
-        pipe.zrem(key, *members)
-        pipe.execute()
-        return len(members)
+    def upkeep(self, *, now: float, limit: int = 1_000_000, batch: int = 1000,
+               budget_s: float = 60.0) -> dict[str, int]:
+        """The cleanup sweep's visits of kept records that are due (`idx:upkeep`, scripts.UPKEEP):
+        a stream folded into its record `compact_after_s` after the task ended, a record and
+        its events deleted, and its id dropped from every listing index, once its retention ran
+        out. Work follows the number due, in pipelined batches, until none is due, `limit`
+        visits or `budget_s` seconds (what is left waits for the next run). Also drains the
+        indexes earlier versions kept (`_drop_legacy_expired`, `compact_listed`).
+        Returns the visits by outcome: folded, expired, stale."""
+        done: dict[str, int] = {"folded": 0, "expired": 0, "stale": 0}
+        key, started = self.keys.index("upkeep"), time.monotonic()
+        visited = 0
+        while visited < limit and time.monotonic() - started < budget_s:
+            members = cast(list[str], self.r.zrangebyscore(key, "-inf", now, start=0, num=min(batch, limit - visited)))
+            if not members:
+                break
+            pipe = self.r.pipeline(transaction=False)
+            for member in members:
+                task_id = member.split("|", 1)[0]
+                self._upkeep(keys=[self.keys.task(task_id), self.keys.task_stream(task_id)],
+                             args=[self.keys.prefix, member, now], client=pipe)
+            for outcome in pipe.execute():
+                done[str(outcome)] = done.get(str(outcome), 0) + 1
+            visited += len(members)
+        done["expired"] += self._drop_legacy_expired(now=now, limit=limit)
+        done["folded"] += self.compact_listed(before=now - self.compact_after_s, limit=limit)
+        return done
 
-    def compact_finished(self, *, before: float, limit: int = 50000, batch: int = 500) -> int:
-        """Fold the event streams of tasks that finished (succeeded/cancelled) before `before`
-        into their records. Work follows the number finished since the last run."""
-        done = 0
-        while done < limit:
+    def _drop_legacy_expired(self, *, now: float, limit: int, batch: int = 1000) -> int:
+        """`idx:expiry`, where versions before `idx:upkeep` listed kept records (which expire by
+        a Redis TTL): ids whose retention ran out leave the listing indexes."""
+        key, dropped = self.keys.index("expiry"), 0
+        while dropped < limit:
+            members = cast(list[str], self.r.zrangebyscore(key, "-inf", now, start=0, num=min(batch, limit - dropped)))
+            if not members:
+                break
+            pipe = self.r.pipeline(transaction=False)
+            for member in members:
+                if member.startswith("2|"):
+                    _, task_id, status, tenant, requested_by = member.split("|", 4)
+                    pipe.zrem(self.keys.index(f"tenant:{tenant}"), task_id)
+                else:  # written before tenants: id|status|requested_by
+                    task_id, status, requested_by = member.split("|", 2)
+                pipe.zrem(self.keys.index("tasks"), task_id)
+                pipe.zrem(self.keys.index(f"status:{status}"), task_id)
+                pipe.zrem(self.keys.index(f"by:{requested_by}"), task_id)
+            pipe.zrem(key, *members)
+            pipe.execute()
+            dropped += len(members)
+        return dropped
+
+    def compact_listed(self, *, before: float, limit: int = 50000, batch: int = 500) -> int:
+        """Fold the event streams of the tasks `idx:compact` lists (versions before `idx:upkeep`)
+        that finished before `before` into their records."""
+        visited = folded = 0
+        while visited < limit:
             ids = cast(list[str], self.r.zrangebyscore(self.keys.index("compact"), "-inf", before, start=0,
-                                                       num=min(batch, limit - done)))
+                                                       num=min(batch, limit - visited)))
             if not ids:
                 break
             pipe = self.r.pipeline(transaction=False)
-            for task_id in ids:
+            for task_id in ids:  # each leaves the index (COMPACT)
                 self._compact(keys=[self.keys.task(task_id), self.keys.task_stream(task_id)],
                               args=[self.keys.prefix, task_id], client=pipe)
-            pipe.execute()
-            done += len(ids)
-        return done
+            folded += sum(int(n) for n in pipe.execute())
+            visited += len(ids)
+        return folded
 
     def reader(self, task_id: str) -> StreamReader:
         """A reader of the task's own event stream (an SSE feed)."""

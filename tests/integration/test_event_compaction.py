@@ -55,11 +55,17 @@ def test_a_compacted_task_serves_the_same_feed_and_resumes_the_same_way(client, 
     stream_bytes = r.memory_usage(ctx.tasks.keys.task_stream(task_id), samples=0)
     record_before = client.get(f"/v1/tasks/{task_id}", headers=auth).json
 
-    assert ctx.tasks.compact_finished(before=time.time() + 1) >= 1
+    kept_until = float(r.hget(ctx.tasks.keys.task(task_id), "expires_at"))
+    assert kept_until == pytest.approx(time.time() + ctx.settings.retention_s, abs=30)
+    (member, first_visit), = upkeep_entries(ctx, task_id)
+    assert first_visit == pytest.approx(time.time() + ctx.settings.events_compact_after_s, abs=30)
+    sweep_at = first_visit + 1
+    assert ctx.tasks.upkeep(now=sweep_at)["folded"] >= 1
     assert not r.exists(ctx.tasks.keys.task_stream(task_id))
     assert r.hexists(ctx.tasks.keys.task(task_id), "events")
-    assert r.ttl(ctx.tasks.keys.task(task_id)) > 0  # still expires with its retention
-    assert ctx.tasks.compact_finished(before=time.time() + 1) == 0  # nothing left to fold
+    assert upkeep_entries(ctx, task_id) == [(member, kept_until)]  # next visit: when its retention ends
+    assert r.ttl(ctx.tasks.keys.task(task_id)) == -1  # no Redis TTL: that visit deletes it
+    assert ctx.tasks.upkeep(now=sweep_at)["folded"] == 0  # nothing left to fold
     assert feed(client, auth, task_id) == before
     assert feed(client, auth, task_id, last=before[0][0]) == before[1:]
     assert feed(client, auth, task_id, last=before[-1][0]) == []
@@ -68,6 +74,11 @@ def test_a_compacted_task_serves_the_same_feed_and_resumes_the_same_way(client, 
     assert record_before in listed
     # What it saves: the whole stream, for a few hundred bytes in the hash.
     assert stream_bytes > 1000
+
+
+def upkeep_entries(ctx, task_id: str) -> list[tuple[str, float]]:
+    return [(m, s) for m, s in ctx.tasks.r.zrange(ctx.tasks.keys.index("upkeep"), 0, -1, withscores=True)
+            if m.startswith(f"{task_id}|")]
 
 
 def test_a_feed_resumed_past_a_finished_tasks_last_event_ends_at_once(client, auth, ctx):
@@ -99,8 +110,10 @@ def test_a_dead_lettered_task_is_never_compacted(ctx):
     done, _ = ctx.tasks.transition(task_id, to="dead_lettered", allowed_from=["queued"],
                                    events=[("task.dead_lettered", {"reason": "test"})])
     assert done
-    ctx.tasks.r.zadd(f"{ctx.settings.key_prefix}:idx:compact", {task_id: 0})  # as if listed by mistake
-    ctx.tasks.compact_finished(before=time.time() + 1)
+    ctx.tasks.r.zadd(f"{ctx.settings.key_prefix}:idx:compact", {task_id: 0})  # as if an earlier version listed it
+    assert ctx.tasks.compact_listed(before=time.time() + 1) == 0
+    assert ctx.tasks.start_retention(task_id, ttl_s=3600)  # a discarded DLQ entry: kept, then deleted
+    assert ctx.tasks.upkeep(now=time.time() + 1800)["folded"] == 0
     assert ctx.tasks.r.exists(ctx.tasks.keys.task_stream(task_id))  # a replay from the DLQ appends to it
 
 

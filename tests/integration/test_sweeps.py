@@ -148,16 +148,75 @@ def test_a_sweep_does_nothing_while_another_holds_its_lock(ctx):
         assert sweeps.cleanup_timed_out_tasks(ctx) == {"skipped": "another sweep holds the lock"}
 
 
-def test_records_past_retention_leave_every_index_and_the_sweep_touches_only_those(ctx):
+def upkeep_of(ctx, task_id):
+    return [m for m in ctx.tasks.r.zrange("aii:idx:upkeep", 0, -1) if m.startswith(f"{task_id}|")]
+
+
+def test_records_past_retention_are_deleted_with_every_index_entry_and_the_sweep_touches_only_those(ctx):
     from aiintegration.commands.lifecycle import cancel_task
 
     keep, gone = new_task(ctx), new_task(ctx)
     cancel_task(ctx, gone, "expire me")
-    assert ctx.tasks.r.ttl(ctx.tasks.keys.task(gone)) > 0  # the hash expires by itself
-    later = at(ctx, ctx.settings.retention_s + 10)
-    assert sweeps.cleanup_timed_out_tasks(later)["expired"] >= 1
-    for index in ("aii:idx:tasks", "aii:idx:status:cancelled", "aii:idx:by:sweeper"):
+    record, stream = ctx.tasks.keys.task(gone), ctx.tasks.keys.task_stream(gone)
+    assert ctx.tasks.r.ttl(record) == -1 and upkeep_of(ctx, gone)  # kept: the sweep deletes it, no Redis TTL
+    assert sweeps.cleanup_timed_out_tasks(at(ctx, ctx.settings.retention_s - 10))["expired"] == 0
+    assert ctx.tasks.get(gone) is not None  # folded in, still kept
+    assert sweeps.cleanup_timed_out_tasks(at(ctx, ctx.settings.retention_s + 10))["expired"] >= 1
+    assert not ctx.tasks.r.exists(record, stream)
+    for index in ("aii:idx:tasks", "aii:idx:status:cancelled", "aii:idx:by:sweeper", "aii:idx:tenant:default"):
         assert ctx.tasks.r.zscore(index, gone) is None, index
-    assert ctx.tasks.r.zscore("aii:idx:tasks", keep) is not None
-    assert ctx.tasks.r.zcard("aii:idx:expiry") == 0 or all(
-        not m.startswith(gone) for m in ctx.tasks.r.zrange("aii:idx:expiry", 0, -1))
+    assert ctx.tasks.r.zscore("aii:idx:tasks", keep) is not None and ctx.tasks.get(keep) is not None
+    assert upkeep_of(ctx, gone) == []
+
+
+def test_a_discarded_dlq_entry_retried_before_its_retention_ends_stays(ctx):
+    from aiintegration.commands.dlq import discard
+    from aiintegration.commands.lifecycle import retry_task
+
+    task_id = dead_lettered(ctx, InvalidRequest("bad prompt", provider="local"))
+    discard(ctx, task_id)
+    assert upkeep_of(ctx, task_id)
+    retry_task(ctx, task_id, "fixed the prompt")  # kept for good again
+    assert ctx.tasks.get(task_id).status == "queued"
+    later = at(ctx, ctx.settings.retention_s + 10)
+    sweeps.cleanup_timed_out_tasks(later)
+    assert ctx.tasks.get(task_id).status == "queued"  # not deleted by the entry it outgrew
+    assert ctx.tasks.r.zscore("aii:idx:tasks", task_id) is not None  # and still listed
+    assert ctx.tasks.r.zscore("aii:idx:status:queued", task_id) is not None
+    assert upkeep_of(ctx, task_id) == []
+
+
+def test_the_sweep_keeps_up_with_many_records_ending_their_retention_in_one_run(ctx):
+    from aiintegration.commands.lifecycle import cancel_task
+
+    ids = [new_task(ctx) for _ in range(1200)]  # more than one batch of visits
+    for task_id in ids:
+        cancel_task(ctx, task_id, "bulk")
+    first = sweeps.cleanup_timed_out_tasks(at(ctx, ctx.settings.events_compact_after_s + 10))
+    assert first["compacted"] >= len(ids) and first["expired"] == 0
+    assert sweeps.cleanup_timed_out_tasks(at(ctx, ctx.settings.retention_s + 10))["expired"] >= len(ids)
+    assert not any(ctx.tasks.r.exists(ctx.tasks.keys.task(i)) for i in ids)
+    assert ctx.tasks.r.zcard("aii:idx:upkeep") == 0
+
+
+def test_the_sweep_drains_the_indexes_earlier_versions_kept(ctx):
+    """Before `idx:upkeep`: a kept record had a Redis TTL, `idx:expiry` (2|id|status|tenant|by,
+    or id|status|by before tenants) said when to drop its ids, `idx:compact` when to fold."""
+    old, older = new_task(ctx), new_task(ctx)
+    folded = new_task(ctx)
+    for task_id in (old, older, folded):
+        ctx.tasks.transition(task_id, to="cancelled", allowed_from=["queued"], events=[("task.cancelled", {})])
+        ctx.tasks.r.zrem("aii:idx:upkeep", *upkeep_of(ctx, task_id))
+        ctx.tasks.r.hdel(ctx.tasks.keys.task(task_id), "expires_at")
+    now = time.time()
+    ctx.tasks.r.delete(ctx.tasks.keys.task(old), ctx.tasks.keys.task(older))  # expired by their TTL
+    ctx.tasks.r.zadd("aii:idx:expiry", {f"2|{old}|cancelled|default|sweeper": now - 1,
+                                        f"{older}|cancelled|sweeper": now - 1})
+    ctx.tasks.r.zadd("aii:idx:compact", {folded: now - ctx.settings.events_compact_after_s - 1})
+    result = sweeps.cleanup_timed_out_tasks(ctx)
+    assert result["expired"] >= 2 and result["compacted"] >= 1
+    for task_id in (old, older):
+        assert ctx.tasks.r.zscore("aii:idx:tasks", task_id) is None
+        assert ctx.tasks.r.zscore("aii:idx:status:cancelled", task_id) is None
+    assert ctx.tasks.r.hexists(ctx.tasks.keys.task(folded), "events")
+    assert ctx.tasks.r.zcard("aii:idx:expiry") == 0 and ctx.tasks.r.zcard("aii:idx:compact") == 0
