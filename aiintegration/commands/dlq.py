@@ -3,6 +3,7 @@ Every one of them is for operators; callers by task name and the CLI are trusted
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aiintegration.commands.context import Context
@@ -88,14 +89,18 @@ def discard(ctx: Context, task_id: str, caller: Caller = TRUSTED) -> DlqEntry:
     return {**entry, "review_state": "discarded"}
 
 
-def drop_old_entries(ctx: Context, *, limit: int = 1000) -> int:
-    """Entries older than AII_DLQ_RETENTION_S leave the DLQ, and their records go within a
-    second (the cleanup sweep then drops their ids from the indexes)."""
-    now = ctx.clock()
-    old = ctx.dlq.older_than(now - ctx.settings.dlq_retention_s, limit=limit)
-    for task_id in old:
-        ctx.dlq.remove(task_id)
-        record = ctx.tasks.get(task_id)
-        if record is not None and record.status == "dead_lettered":
-            ctx.tasks.start_retention(task_id, ttl_s=1, now=now)
-    return len(old)
+def drop_old_entries(ctx: Context, *, limit: int = 1000, budget_s: float = 60.0) -> int:
+    """Entries older than AII_DLQ_RETENTION_S leave the DLQ, and their records go a second
+    later (the cleanup sweep deletes them). All that are due, `limit` at a time, for up to
+    `budget_s`."""
+    now, started, dropped = ctx.clock(), time.monotonic(), 0
+    while time.monotonic() - started < budget_s:
+        old = ctx.dlq.older_than(now - ctx.settings.dlq_retention_s, limit=limit)
+        for task_id, record in zip(old, ctx.tasks.get_many(old), strict=True):
+            ctx.dlq.remove(task_id)
+            if record is not None and record.status == "dead_lettered":
+                ctx.tasks.start_retention(task_id, ttl_s=1, now=now)
+        dropped += len(old)
+        if len(old) < limit:
+            break
+    return dropped

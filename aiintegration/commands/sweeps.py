@@ -1,7 +1,8 @@
 """The beat sweeps: ProcessPendingTasks, CleanupTimedOutTasks, ProcessDeadLetterQueue.
 
-Each works from sorted-set indexes (never a keyspace scan), does at most `limit` items a
-run, and holds a lock so two beat processes started by mistake do not both sweep.
+Each works from sorted-set indexes (never a keyspace scan), `limit` items a page, through
+everything that is due or until its time budget (under its lock's 120 s) runs out, and holds
+a lock so two beat processes started by mistake do not both sweep.
 """
 
 from __future__ import annotations
@@ -42,72 +43,103 @@ def _locked(name: str) -> Callable[[Sweep], Sweep]:
     return wrap
 
 
+# What one run of a sweep may spend working through what is due, below its lock's 120 s (a
+# second beat's run must not start while this one still works); the rest waits for the next.
+RUN_BUDGET_S = 100.0
+
+
 @_locked("cleanup")
-def cleanup_timed_out_tasks(ctx: Context, *, limit: int = 500, grace_s: float = 5.0) -> dict[str, Any]:
+def cleanup_timed_out_tasks(ctx: Context, *, limit: int = 500, grace_s: float = 5.0,
+                            budget_s: float = RUN_BUDGET_S) -> dict[str, Any]:
     """Running tasks past their deadline, or whose worker stopped renewing its lease (it
     died), → timed_out → retry or DLQ. The worker's own watchdog normally gets there first;
-    this is the backstop. Also keeps finished records (`TaskStore.upkeep`): folds their
-    event streams in, deletes them when their retention ends."""
-    now = ctx.clock()
-    ids = ctx.tasks.overdue(before=now - grace_s, limit=limit)
+    this is the backstop, and the way back for the attempts of a worker host that vanished:
+    it works through everything due, `limit` at a time, for up to 40% of `budget_s`. Then it
+    keeps finished records (`TaskStore.upkeep`) with the rest: folds their event streams in,
+    deletes them when their retention ends."""
+    now, started = ctx.clock(), time.monotonic()
+    examined = 0
     outcomes: dict[str, int] = {}
-    rescore: dict[str, float] = {}
-    gone: list[str] = []
-    for task_id, record in zip(ids, ctx.tasks.get_many(ids), strict=True):
-        if record is None or record.status != S.RUNNING:
-            gone.append(task_id)  # finished meanwhile, or by code that did not know the index
-            continue
-        late = (record.deadline_at or 0) < now - grace_s
-        if not late and (record.lease_until or 0) >= now - grace_s:
-            # its worker renews the lease (an index entry older than the record's lease end)
-            rescore[task_id] = min(record.lease_until or now, record.deadline_at or now)
-            continue
-        why = "ran past its deadline" if late else "its worker stopped responding"
-        exc = TaskTimedOut(f"attempt {record.attempts} {why}", provider=record.provider)
-        outcome = mark_timed_out(ctx, record, run_id=record.run_id, exc=exc) or "moved_on"
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-    ctx.tasks.settle_overdue(rescore=rescore, gone=gone, seen=ids)
+    while True:
+        ids = ctx.tasks.overdue(before=now - grace_s, limit=limit)
+        rescore: dict[str, float] = {}
+        gone: list[str] = []
+        for task_id, record in zip(ids, ctx.tasks.get_many(ids), strict=True):
+            if record is None or record.status != S.RUNNING:
+                gone.append(task_id)  # finished meanwhile, or by code that did not know the index
+                continue
+            late = (record.deadline_at or 0) < now - grace_s
+            if not late and (record.lease_until or 0) >= now - grace_s:
+                # its worker renews the lease (an index entry older than the record's lease end)
+                rescore[task_id] = min(record.lease_until or now, record.deadline_at or now)
+                continue
+            why = "ran past its deadline" if late else "its worker stopped responding"
+            exc = TaskTimedOut(f"attempt {record.attempts} {why}", provider=record.provider)
+            outcome = mark_timed_out(ctx, record, run_id=record.run_id, exc=exc) or "moved_on"
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        ctx.tasks.settle_overdue(rescore=rescore, gone=gone, seen=ids)
+        examined += len(ids)
+        if len(ids) < limit or time.monotonic() - started > 0.4 * budget_s:
+            break
     # Streams of tasks finished a while ago (no live feed still follows them) fold into the
     # records, ~1.3 KiB less per kept task (bench/memory_and_sweeps.py); records past their
     # retention go, with their ids in every index.
-    kept = ctx.tasks.upkeep(now=now)
-    return {"examined": len(ids), "expired": kept["expired"], "compacted": kept["folded"], **outcomes}
+    kept = ctx.tasks.upkeep(now=now, budget_s=max(1.0, budget_s - (time.monotonic() - started)))
+    return {"examined": examined, "expired": kept["expired"], "compacted": kept["folded"], **outcomes}
 
 
-def _messages_for_queued(ctx: Context) -> int:
+def _messages_for_queued(ctx: Context) -> tuple[int, set[str]]:
     """How many queued records the broker still holds a message for: everything waiting in
     the queue's lists (all are process_task messages or sweeps, an overestimate by at most
-    a few) plus unacked process_task messages of records that are still queued."""
+    a few) plus unacked process_task messages of records that are still queued; and the ids
+    of those unacked ones."""
     waiting = sum(ctx.broker.depth_by_step())
-    taken = list(ctx.broker.unacked_process_task_ids())
-    covered = sum(1 for r in ctx.tasks.get_many(taken) if r and r.status == S.QUEUED)
-    return waiting + covered
+    taken = ctx.broker.unacked_process_task_ids()
+    covered = [r.id for r in ctx.tasks.get_many(list(taken)) if r and r.status == S.QUEUED]
+    return waiting + len(covered), set(covered)
 
 
-@_locked("pending")
-def process_pending_tasks(ctx: Context, *, limit: int = 500) -> dict[str, Any]:
-    """Re-enqueue work that has no broker message (lost publish, Redis failover): queued
-    records older than the grace period when the broker holds fewer messages than there
-    are queued records, and retrying records well past their retry time. Duplicates are
-    harmless (the claim lets one run); then publish counts by status."""
-    now, grace = ctx.clock(), ctx.settings.pending_grace_s
-    # Queued batch-lane tasks wait in the lane, and deferred ones in Redis, not on the broker.
-    in_lane, deferred = sum(ctx.lane.depths().values()), ctx.tasks.count_deferred()
-    missing = max(0, ctx.tasks.count(S.QUEUED) - _messages_for_queued(ctx) - in_lane - deferred)
-    requeued = 0
-    if missing:
-        stale = ctx.tasks.in_status(S.QUEUED, created_before=now - grace,
-                                    limit=min(limit, missing) + min(in_lane + deferred, 5000))
-        sleeping = ctx.tasks.deferred_among(stale)
-        for record in ctx.tasks.get_many([i for i in stale if i not in sleeping]):
-            if record and record.lane == LANE:
+def _requeue_queued(ctx: Context, *, missing: int, held: set[str], now: float, grace: float,
+                    budget_s: float, page: int = 500) -> int:
+    """Send a message again for up to `missing` queued records older than the grace period
+    that have none: oldest first, page by page past the ones that need none (in the batch
+    lane, deferred, unacked in a worker: `held`, or sent again within the grace period),
+    until that many were sent, the queue's end or `budget_s`."""
+    requeued, offset, started = 0, 0, time.monotonic()
+    while requeued < missing and time.monotonic() - started < budget_s:
+        ids = ctx.tasks.in_status(S.QUEUED, created_before=now - grace, limit=page, offset=offset)
+        if not ids:
+            break
+        offset += len(ids)
+        sleeping = ctx.tasks.deferred_among(ids)
+        for record in ctx.tasks.get_many([i for i in ids if i not in sleeping and i not in held]):
+            if record is None or record.status != S.QUEUED:
+                continue
+            if record.lane == LANE:
                 if not record.batch_ref:
                     return_to_lane(ctx, record.id, known=record)  # lost on its way into the lane: it waits again
                 continue
-            if record and record.status == S.QUEUED and (record.enqueued_at or 0) < now - grace:
+            if (record.enqueued_at or 0) < now - grace and requeued < missing:
                 ctx.tasks.set_fields(record.id, enqueued_at=now)
                 ctx.enqueue(record.id, record.priority, attempt=record.attempts + 1, route=record.route)
                 requeued += 1
+    return requeued
+
+
+@_locked("pending")
+def process_pending_tasks(ctx: Context, *, limit: int = 500, budget_s: float = 40.0) -> dict[str, Any]:
+    """Re-enqueue work that has no broker message (lost publish, Redis failover): queued
+    records older than the grace period, as many as the broker holds fewer messages than
+    there are queued records (at most `limit` a run), and retrying records well past their
+    retry time. Duplicates are harmless (the claim lets one run); then publish counts by status."""
+    now, grace = ctx.clock(), ctx.settings.pending_grace_s
+    # Queued batch-lane tasks wait in the lane, and deferred ones in Redis, not on the broker.
+    in_lane, deferred = sum(ctx.lane.depths().values()), ctx.tasks.count_deferred()
+    messages, held = _messages_for_queued(ctx)
+    missing = max(0, ctx.tasks.count(S.QUEUED) - messages - in_lane - deferred)
+    requeued = _requeue_queued(ctx, missing=min(limit, missing), held=held, now=now, grace=grace,
+                               budget_s=budget_s) if missing else 0
+    # A deferred retrying task is due on `idx:retry` when its deferral ends (TaskStore.defer).
     due = ctx.tasks.retries_due(before=now - grace, limit=limit)
     sleeping = ctx.tasks.deferred_among(due)
     for record in ctx.tasks.get_many([i for i in due if i not in sleeping]):
@@ -157,23 +189,32 @@ def release_deferred_tasks(ctx: Context, *, limit: int = 1000) -> dict[str, Any]
 
 
 @_locked("dlq")
-def process_dead_letter_queue(ctx: Context, *, limit: int = 500) -> dict[str, Any]:
+def process_dead_letter_queue(ctx: Context, *, limit: int = 500, budget_s: float = RUN_BUDGET_S) -> dict[str, Any]:
     """Each new (`pending`) DLQ entry: auto-retried when its cause was transient, its
     provider's breaker is not open and it has been auto-retried fewer than 2 times;
-    otherwise marked `manual_review`. Entries past AII_DLQ_RETENTION_S leave with their records."""
-    ids = ctx.dlq.waiting(before=ctx.clock(), limit=limit)
+    otherwise marked `manual_review`. The queue is read oldest first, `limit` at a time, past
+    the entries waiting for an operator (they stay in it), until its end or half of
+    `budget_s`. Entries past AII_DLQ_RETENTION_S leave with their records."""
+    started, now = time.monotonic(), ctx.clock()
     retried = reviewed = 0
-    for task_id, entry in zip(ids, ctx.dlq.get_many(ids), strict=True):
-        if not entry or entry.get("review_state") != "pending":
-            continue
-        provider = entry.get("provider")
-        healthy = not provider or ctx.breakers[provider].allows()
-        auto_retries = int(entry.get("auto_retries") or 0)
-        if entry["error"].get("retryable") and healthy and auto_retries < MAX_AUTO_RETRIES:
-            ctx.tasks.set_fields(task_id, auto_retries=auto_retries + 1)
-            retry_task(ctx, task_id, f"automatic DLQ retry {auto_retries + 1} of {MAX_AUTO_RETRIES}")
-            retried += 1
-        else:
-            ctx.dlq.put({**entry, "review_state": "manual_review"})
-            reviewed += 1
-    return {"auto_retried": retried, "manual_review": reviewed, "dropped": drop_old_entries(ctx)}
+    after: tuple[float, str] | None = None
+    while time.monotonic() - started < budget_s / 2:
+        rows = ctx.dlq.waiting_after(after, before=now, limit=limit)
+        for (task_id, _), entry in zip(rows, ctx.dlq.get_many([i for i, _ in rows]), strict=True):
+            if not entry or entry.get("review_state") != "pending":
+                continue
+            provider = entry.get("provider")
+            healthy = not provider or ctx.breakers[provider].allows()
+            auto_retries = int(entry.get("auto_retries") or 0)
+            if entry["error"].get("retryable") and healthy and auto_retries < MAX_AUTO_RETRIES:
+                ctx.tasks.set_fields(task_id, auto_retries=auto_retries + 1)
+                retry_task(ctx, task_id, f"automatic DLQ retry {auto_retries + 1} of {MAX_AUTO_RETRIES}")
+                retried += 1
+            else:
+                ctx.dlq.put({**entry, "review_state": "manual_review"})
+                reviewed += 1
+        if len(rows) < limit:
+            break
+        after = (rows[-1][1], rows[-1][0])
+    dropped = drop_old_entries(ctx, budget_s=max(1.0, budget_s - (time.monotonic() - started)))
+    return {"auto_retried": retried, "manual_review": reviewed, "dropped": dropped}

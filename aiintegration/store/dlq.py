@@ -51,9 +51,21 @@ class DlqStore:
         """Entries that arrived before `before`, oldest first, whatever their review state."""
         return cast(list[str], self.r.zrangebyscore(self.kept, "-inf", before, start=0, num=limit))
 
-    def waiting(self, *, before: float, limit: int) -> list[str]:
-        """Task ids still in the queue that arrived before `before`, oldest first."""
-        return cast(list[str], self.r.zrangebyscore(self.index, "-inf", before, start=0, num=limit))
+    def waiting_after(self, after: tuple[float, str] | None, *, before: float, limit: int) -> list[tuple[str, float]]:
+        """(task id, arrival) of entries still in the queue that arrived before `before`, oldest
+        first (ties by id), strictly after `after` (an (arrival, id) a previous page ended on)."""
+        if after is None:
+            return cast(list[tuple[str, float]],
+                        self.r.zrangebyscore(self.index, "-inf", before, start=0, num=limit, withscores=True))
+        score, last = after
+        out: list[tuple[str, float]] = []
+        # the page's last arrival again (ties are ordered by id), then what comes after it
+        for task_id, at in cast(list[tuple[str, float]], self.r.zrangebyscore(self.index, score, score, withscores=True)):
+            if task_id > last:
+                out.append((task_id, at))
+        out += cast(list[tuple[str, float]], self.r.zrangebyscore(self.index, f"({score!r}", before, start=0,
+                                                                   num=limit, withscores=True))
+        return out[:limit]
 
     def size(self) -> int:
         return int(self.r.zcard(self.index))

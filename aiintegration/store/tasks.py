@@ -237,8 +237,12 @@ class TaskStore:
 
     def defer(self, task_id: str, *, until: float) -> None:
         """The task's next message is sent at `until` by the deferred sweep, rather than held in
-        a worker's memory as an ETA message until then."""
-        self.r.zadd(self.keys.index("deferred"), {task_id: until})
+        a worker's memory as an ETA message until then; a retrying task is due on `idx:retry`
+        then too (the pending sweep does not look at it before)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zadd(self.keys.index("deferred"), {task_id: until})
+        pipe.zadd(self.keys.index("retry"), {task_id: until}, xx=True)
+        pipe.execute()
 
     def take_deferred(self, *, before: float, limit: int) -> list[str]:
         """Deferred tasks due by `before`, taken off the index: each is handed out once."""
@@ -276,9 +280,9 @@ class TaskStore:
             pipe.hgetall(self.keys.task(tid))
         return [_record(raw) for raw in cast(list[dict[str, str]], pipe.execute())]
 
-    def _due(self, index: str, *, before: float, limit: int) -> list[str]:
+    def _due(self, index: str, *, before: float, limit: int, offset: int = 0) -> list[str]:
         """Members of an index with score ≤ `before`, lowest first (the sweeps' work lists)."""
-        return cast(list[str], self.r.zrangebyscore(self.keys.index(index), "-inf", before, start=0, num=limit))
+        return cast(list[str], self.r.zrangebyscore(self.keys.index(index), "-inf", before, start=offset, num=limit))
 
     def overdue(self, *, before: float, limit: int) -> list[str]:
         """Running attempts whose lease end or deadline, the earlier of the two, came before
@@ -306,9 +310,10 @@ class TaskStore:
     def retries_due(self, *, before: float, limit: int) -> list[str]:
         return self._due("retry", before=before, limit=limit)
 
-    def in_status(self, status: TaskStatus, *, created_before: float = float("inf"), limit: int) -> list[str]:
-        """Oldest first."""
-        return self._due(f"status:{status}", before=created_before, limit=limit)
+    def in_status(self, status: TaskStatus, *, created_before: float = float("inf"), limit: int,
+                  offset: int = 0) -> list[str]:
+        """Oldest first, from the `offset`-th."""
+        return self._due(f"status:{status}", before=created_before, limit=limit, offset=offset)
 
     def list(self, *, tenant: str | None = None, status: str | None = None, requested_by: str | None = None,
              limit: int = 50, cursor: str | None = None) -> tuple[list[TaskRecord], str | None]:

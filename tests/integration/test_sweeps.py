@@ -220,3 +220,70 @@ def test_the_sweep_drains_the_indexes_earlier_versions_kept(ctx):
         assert ctx.tasks.r.zscore("aii:idx:status:cancelled", task_id) is None
     assert ctx.tasks.r.hexists(ctx.tasks.keys.task(folded), "events")
     assert ctx.tasks.r.zcard("aii:idx:expiry") == 0 and ctx.tasks.r.zcard("aii:idx:compact") == 0
+
+
+# Sweeps that work through everything due, not one page a run. Each test starts from an empty
+# database: the pages they cross are made of their own records.
+
+
+def retrying_task(ctx):
+    task_id = new_task(ctx)
+    claim = ctx.tasks.claim(task_id, worker_id="w", lease_s=30, max_processing_time=300)
+    handle_failure(ctx, claim.record, ProviderUnavailable("503", provider="local"), run_id=claim.record.run_id)
+    assert ctx.tasks.get(task_id).status == "retrying"
+    return task_id
+
+
+def test_the_cleanup_sweep_recovers_every_attempt_of_a_vanished_host_in_one_run(ctx):
+    ctx.tasks.r.flushdb()
+    ids = [new_task(ctx) for _ in range(120)]
+    for task_id in ids:
+        ctx.tasks.claim(task_id, worker_id="vanished", lease_s=-10, max_processing_time=300)
+    result = sweeps.cleanup_timed_out_tasks(ctx, limit=50)
+    assert result["examined"] == 120 and result["retrying"] == 120
+    assert {r.status for r in ctx.tasks.get_many(ids)} == {"retrying"}
+
+
+def test_the_dlq_sweep_reaches_new_entries_behind_a_page_of_entries_waiting_for_an_operator(ctx):
+    ctx.tasks.r.flushdb()
+    for _ in range(3):  # the oldest: already marked for an operator, and they stay in the queue
+        dead_lettered(ctx, InvalidRequest("bad prompt", provider="local"))
+    assert sweeps.process_dead_letter_queue(ctx)["manual_review"] == 3
+    newer = dead_lettered(ctx, InvalidRequest("bad prompt", provider="local"))
+    result = sweeps.process_dead_letter_queue(ctx, limit=2)
+    assert result["manual_review"] == 1
+    assert json.loads(ctx.tasks.r.hget("aii:dlq", newer))["review_state"] == "manual_review"
+
+
+def test_the_dlq_retention_drops_everything_past_it_in_one_run(ctx):
+    from aiintegration.commands.dlq import drop_old_entries
+
+    ctx.tasks.r.flushdb()
+    ids = [dead_lettered(ctx, InvalidRequest("bad prompt", provider="local")) for _ in range(5)]
+    assert drop_old_entries(dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, dlq_retention_s=0)),
+                            limit=2) == 5
+    assert ctx.dlq.get_many(ids) == [None] * 5
+
+
+def test_deferred_retries_do_not_hide_a_lost_retry_from_the_pending_sweep(ctx):
+    ctx.tasks.r.flushdb()
+    deferred = [retrying_task(ctx) for _ in range(3)]  # due first by their retry time
+    lost = retrying_task(ctx)
+    for task_id in deferred:
+        ctx.tasks.defer(task_id, until=time.time() + 3600)  # throttled far back in a quota line
+    sent = RecordingPublisher()
+    sweeps.process_pending_tasks(dataclasses.replace(at(ctx, 600), publisher=sent), limit=3)
+    assert sent.task_ids == [lost]
+
+
+def test_the_pending_sweep_sends_no_more_messages_than_are_missing(ctx):
+    ctx.tasks.r.flushdb()
+    unsent = dataclasses.replace(ctx, publisher=RecordingPublisher())
+    ids = [new_task(unsent) for _ in range(5)]  # none has a message
+    for task_id in (ids[-1], ids[-2]):  # the newest sleep in Redis
+        ctx.tasks.defer(task_id, until=time.time() + 3600)
+    ctx.tasks.r.rpush(broker_lists()[4], "m", "m")  # two of the three others have theirs
+    sent = RecordingPublisher()
+    result = sweeps.process_pending_tasks(dataclasses.replace(at(ctx, 600), publisher=sent))
+    assert len(sent.task_ids) == 1 and result["requeued"] == 1
+    ctx.tasks.r.delete(broker_lists()[4])
