@@ -4,6 +4,7 @@ belongs to its caller's tenant; another tenant's session is answered like an unk
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -24,9 +25,12 @@ from aiintegration.domain.chat import (
     trimmed,
 )
 from aiintegration.domain.records import TaskRecord, iso
+from aiintegration.domain.routing import Route
 from aiintegration.errors import Conflict, NotFound
 from aiintegration.providers.base import Generation
 from aiintegration.store.chat import AnswerWriter, Session
+
+log = logging.getLogger(__name__)
 
 
 def start_chat_session(ctx: Context, user_id: Any, item_id: Any, initial_context: Any,
@@ -69,21 +73,27 @@ def send_chat_message(ctx: Context, session_id: str, message: Any, include_conte
     session = _session(ctx, session_id, caller)
     if session["status"] != "open":
         raise Conflict("the chat session is closed", details={"status": session["status"]})
+    context = session["context"]
     if include_context is not None:  # checked whole, merged and sized before anything is written
-        context = merged_context(session["context"], check_context(include_context, "include_context"))
-        ctx.chats.update(session_id, context=context)
-        session["context"] = context
+        context = merged_context(context, check_context(include_context, "include_context"))
     message_id = str(uuid.uuid4())
-    ctx.chats.append_message(session_id, {"message_id": message_id, "role": "user", "content": message,
-                                          "at": iso(time.time())})
-    messages = trimmed(context_text(session["context"]), ctx.chats.history(session_id, last=HISTORY_TAIL))
+    turn = {"message_id": message_id, "role": "user", "content": message, "at": iso(time.time())}
+    history = [*ctx.chats.history(session_id, last=HISTORY_TAIL - 1), turn]
+    # The task is stored (validated, its budget reserved) before the session is written and only
+    # sent once it is: a refused send (422, 413, 429) leaves context and history as they were,
+    # and no answer can be recorded before the message it answers.
     task_id, _ = create_generation_task(
         ctx, caller=Caller(session.get("tenant") or "default", caller.role), task_type="chat_completion",
-        request_content={"messages": messages}, requested_by=f"chat:{session_id}", priority=CHAT_PRIORITY,
-        options={"stream": True}, chat=(session_id, message_id))
-    ctx.chats.update(session_id, inflight_task=task_id)
+        request_content={"messages": trimmed(context_text(context), history)}, requested_by=f"chat:{session_id}",
+        priority=CHAT_PRIORITY, options={"stream": True}, chat=(session_id, message_id), enqueue=False)
+    ctx.chats.append_message(session_id, turn)
+    ctx.chats.update(session_id, inflight_task=task_id, **({"context": context} if include_context is not None else {}))
     ctx.chats.touch(session_id)
     ctx.chats.emit(session_id, "chat.message", message_id=message_id, task_id=task_id, role="user")
+    try:
+        ctx.enqueue(task_id, CHAT_PRIORITY, route=Route("chat_completion", None))
+    except Exception:  # noqa: BLE001 - the record is stored; the pending sweep enqueues it
+        log.exception("enqueue failed; the pending-task sweep will pick the task up", extra={"task_id": task_id})
     return {"message_id": message_id, "task_id": task_id}
 
 
