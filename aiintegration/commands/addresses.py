@@ -54,13 +54,16 @@ def parse_address(text: str) -> IPAddress:
 
 def public_addresses(url: str, *, allow_private: bool, field: str = "url", setting: str = "") -> list[str]:
     """The addresses `url`'s host resolves to, each checked. Raises ValidationError (details
-    under `field`) for a URL that is not http(s) or has a bad port, and, unless
+    under `field`) for a URL that cannot be parsed, is not http(s) or has a bad port, and, unless
     `allow_private`, for a host with any non-public address (`setting` names the variable
     that allows them). Raises OSError when the name does not resolve.
 
     A caller connects to one of these addresses and never resolves the name again, so a DNS
     answer that changes between check and connect (rebinding) cannot steer it inside."""
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+    except ValueError as exc:  # an unbalanced or invalid bracketed host: `http://[::1`, `http://[zz]/`
+        raise ValidationError(f"{field} has an invalid host", details={field: "not a valid URL host"}) from exc
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValidationError(f"{field} must be an http(s) URL", details={field: url})
     try:

@@ -6,13 +6,13 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from aiintegration.commands.addresses import public_addresses
 from aiintegration.commands.batches import follow_switch, regroup_retrying
 from aiintegration.commands.context import Context
-from aiintegration.commands.webhooks import check_target
 from aiintegration.domain.auth import TRUSTED, Caller
 from aiintegration.domain.providers import ProviderConfig, redact_key, validate_config_changes
 from aiintegration.domain.states import TaskStatus
-from aiintegration.errors import AIIntegrationError, Conflict, NotFound, ValidationError, WebhookFailed
+from aiintegration.errors import AIIntegrationError, Conflict, NotFound, ValidationError
 from aiintegration.providers import build_provider
 
 log = logging.getLogger(__name__)
@@ -92,13 +92,11 @@ def switch_provider(ctx: Context, from_provider: Any, to_provider: Any, reason: 
 
 def check_provider_url(url: str, *, allow_private: bool) -> None:
     """A provider's new base_url resolves, and only to public addresses unless allowed (the
-    live test that follows must not be a way to probe the service's own network)."""
+    live test that follows must not be a way to probe the service's own network). A refusal
+    says its own reason: unparseable, not http(s), a bad port, or a private address."""
     try:
-        check_target(url, allow_private=allow_private)
-    except ValidationError:
-        raise ValidationError("base_url points at a private, loopback or link-local address", details={
-            "base_url": "refused (set AII_PROVIDER_ALLOW_PRIVATE=1 for self-hosted servers)"}) from None
-    except WebhookFailed:
+        public_addresses(url, allow_private=allow_private, field="base_url", setting="AII_PROVIDER_ALLOW_PRIVATE=1")
+    except OSError:
         raise ValidationError("base_url does not resolve", details={"base_url": "cannot be resolved"}) from None
 
 

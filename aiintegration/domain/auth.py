@@ -19,8 +19,10 @@ from aiintegration.errors import Forbidden, ValidationError
 
 DEFAULT_TENANT = "default"  # the tenant of bare tokens (AII_API_TOKENS as a comma list)
 BROKER_TENANT = "celery"  # what a caller by task name is, unless it passes `tenant`
-TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_DIGEST = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
+# Checked with `fullmatch` (`re.match` with `$` lets "acme\n" through); `^`/`$` stay so the
+# pattern reads the same in the OpenAPI document (ECMA regexes have no `\A`/`\Z`).
+TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", re.ASCII)
+_DIGEST = re.compile(r"sha256:([0-9a-fA-F]{64})", re.ASCII)
 
 
 class Role(StrEnum):
@@ -56,7 +58,7 @@ def trusted(tenant: str | None = None) -> Caller:
 
 
 def check_tenant(value: Any) -> str:
-    if not isinstance(value, str) or not TENANT_NAME.match(value):
+    if not isinstance(value, str) or not TENANT_NAME.fullmatch(value):
         raise ValidationError("invalid tenant", details={"tenant": "1 to 64 letters, digits, '.', '_' or '-'"})
     return value
 
@@ -74,12 +76,12 @@ def token_digest(token: str) -> bytes:
 
 
 def _grant(key: str, spec: Any) -> TokenGrant:
-    match = _DIGEST.match(key)
+    match = _DIGEST.fullmatch(key)
     digest = bytes.fromhex(match.group(1)) if match else token_digest(key)
     if not isinstance(spec, dict):
         raise ValueError("each token maps to {\"name\": <tenant>, \"role\": \"client\" | \"operator\"}")
     name, role = spec.get("name"), spec.get("role", Role.CLIENT)
-    if not isinstance(name, str) or not TENANT_NAME.match(name):
+    if not isinstance(name, str) or not TENANT_NAME.fullmatch(name):
         raise ValueError(f"token name {name!r}: 1 to 64 letters, digits, '.', '_' or '-'")
     if role not in tuple(Role):
         raise ValueError(f"token role {role!r}: client or operator")

@@ -17,12 +17,21 @@ from aiintegration.errors import ApiKeyRequired, ValidationError
 CONFIG_KEYS = frozenset({"api_key", "base_url", "models", "timeout_s", "enabled", "limits"})
 
 
+# Vendors' published key prefixes, longest first: they say which kind of key it is and
+# nothing of the secret. Any other text before a `-` may be part of the secret itself.
+KEY_PREFIXES = ("sk-ant-", "sk-proj-", "sk-")
+PREFIX_MIN_KEY = 20  # a shorter key shows no prefix
+TAIL_MIN_KEY = 16  # a shorter key shows no tail either
+
+
 def redact_key(key: str | None) -> str | None:
-    """`sk-proj-abcdef…wxyz` → `sk-…wxyz`; short keys show nothing of themselves."""
+    """`sk-proj-abcdef…wxyz` → `sk-proj-…wxyz`: a known vendor prefix (keys of 20+ characters)
+    and the last 4 characters (keys of 16+); short or unknown keys show nothing else of themselves."""
     if not key:
         return None
-    prefix = key.split("-", 1)[0] + "-" if "-" in key[:8] else ""
-    tail = key[-4:] if len(key) >= 16 else ""
+    long_enough = len(key) >= PREFIX_MIN_KEY
+    prefix = next((p for p in KEY_PREFIXES if key.startswith(p)), "") if long_enough else ""
+    tail = key[-4:] if len(key) >= TAIL_MIN_KEY else ""
     return f"{prefix}…{tail}"
 
 

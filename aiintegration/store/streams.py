@@ -6,6 +6,7 @@ event with 50 busy streams (bench/RESULTS.md)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from types import TracebackType
 from typing import Any, cast
@@ -14,7 +15,9 @@ import redis
 
 from aiintegration.store.keys import Keys
 
+log = logging.getLogger(__name__)
 Rows = list[tuple[str, dict[str, str]]]
+LAST_STREAM_ID = (2**64 - 1, 2**64 - 1)  # two unsigned 64-bit numbers
 
 
 def stream_id_key(value: str) -> tuple[int, int]:
@@ -24,7 +27,10 @@ def stream_id_key(value: str) -> tuple[int, int]:
 
 
 def stream_after(client: redis.Redis, key: str, after: str) -> Rows:
-    """Every entry of stream `key` after id `after` ("0-0": all of them)."""
+    """Every entry of stream `key` after id `after` ("0-0": all of them; none after the
+    largest id there can be, which XRANGE refuses as an exclusive start)."""
+    if stream_id_key(after) == LAST_STREAM_ID:
+        return []
     rows = cast(list[tuple[str, dict[str, str]]], client.xrange(key, f"({after}" if after != "0-0" else "-", "+"))
     return [(entry_id, dict(fields)) for entry_id, fields in rows]
 
@@ -76,7 +82,9 @@ class StreamReader:
     def read(self, after: str, block_ms: int) -> Rows | None:
         """Entries after `after`, waiting up to `block_ms` for the first ([] when none came).
         Rides over one dropped connection (the next read reconnects); None when Redis is
-        away twice in a row — the caller ends, and its client resumes with Last-Event-ID."""
+        away twice in a row — the caller ends, and its client resumes with Last-Event-ID —
+        or when Redis refuses the read itself (an error reply): the feed ends cleanly, since
+        the response has started and an exception could only cut it off mid-stream."""
         try:
             # Short blocks: a blocked read that outlives a socket timeout (seen under gevent)
             # is just "nothing yet", not an error that ends the feed.
@@ -88,6 +96,9 @@ class StreamReader:
                 return None
             self._broken = True
             return []
+        except redis.ResponseError as exc:  # the reply was read whole: the connection stays usable
+            log.warning("reading stream %s failed, ending the feed: %s", self.key, str(exc)[:200])
+            return None
         self._broken = False
         return rows
 

@@ -22,6 +22,7 @@ from aiintegration.web.responses import (
     SwitchedSchema,
 )
 from aiintegration.web.tasks import TaskSchema
+from aiintegration.web.validators import FullMatch
 
 blp = Blueprint("operations", __name__, url_prefix="/v1", description="Dead-letter queue and providers")
 SECURED: dict[str, Any] = {"security": [{"bearer": []}]}
@@ -32,7 +33,7 @@ class DlqFilterSchema(Schema):
     error_class = fields.String(validate=validate.Length(max=100))
     task_type = fields.String(validate=validate.OneOf(TASK_TYPES))
     requested_by = fields.String(validate=validate.Length(max=limits.MAX_NAME))
-    tenant = fields.String(validate=validate.Regexp(TENANT_NAME))
+    tenant = fields.String(validate=FullMatch(TENANT_NAME))
     review_state = fields.String(validate=validate.OneOf(dlq.REVIEW_STATES))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import Any
 
@@ -18,6 +19,7 @@ from aiintegration.domain.states import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIO
 from aiintegration.web.blueprint import Blueprint
 from aiintegration.web.current import caller, context
 from aiintegration.web.events import last_event_id, sse
+from aiintegration.web.validators import FullMatch
 
 blp = Blueprint("tasks", __name__, url_prefix="/v1/tasks", description="Generation tasks")
 STATUSES = [s.value for s in TaskStatus]
@@ -103,11 +105,11 @@ CURSOR = (r"^-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][+-]?[0-9]{1,2})?"  # always a fi
 
 
 class ListQuerySchema(Schema):
-    tenant = fields.String(validate=validate.Regexp(TENANT_NAME), metadata={"description": "operators only"})
+    tenant = fields.String(validate=FullMatch(TENANT_NAME), metadata={"description": "operators only"})
     status = fields.String(validate=validate.OneOf(STATUSES))
     requested_by = fields.String(validate=validate.Length(min=1, max=limits.MAX_NAME))
     limit = fields.Integer(load_default=limits.DEFAULT_PAGE, validate=validate.Range(min=1, max=limits.MAX_PAGE))
-    cursor = fields.String(validate=validate.Regexp(CURSOR, error="not a cursor from a previous page's next_cursor"))
+    cursor = fields.String(validate=FullMatch(CURSOR, re.ASCII, error="not a cursor from a previous page's next_cursor"))
 
 
 class CancelSchema(Schema):

@@ -3,6 +3,7 @@ reserved, left)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Response, jsonify
@@ -13,18 +14,19 @@ from aiintegration.domain.auth import TENANT_NAME
 from aiintegration.web.blueprint import Blueprint
 from aiintegration.web.current import caller, context
 from aiintegration.web.responses import Open
+from aiintegration.web.validators import FullMatch
 
 blp = Blueprint("usage", __name__, url_prefix="/v1", description="Usage and budgets")
 SECURED: dict[str, Any] = {"security": [{"bearer": []}]}
-DAY = r"^\d{4}-\d{2}-\d{2}$"
+DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", re.ASCII)  # checked whole (FullMatch)
 
 
 class UsageQuerySchema(Schema):
-    tenant = fields.String(validate=validate.Regexp(TENANT_NAME), metadata={"description": "another's: operators"})
+    tenant = fields.String(validate=FullMatch(TENANT_NAME), metadata={"description": "another's: operators"})
     provider = fields.String(validate=validate.Length(min=1, max=200))
     model = fields.String(validate=validate.Length(min=1, max=200))
-    from_ = fields.String(data_key="from", validate=validate.Regexp(DAY), metadata={"description": "UTC day"})
-    to = fields.String(validate=validate.Regexp(DAY), metadata={"description": "UTC day, inclusive"})
+    from_ = fields.String(data_key="from", validate=FullMatch(DAY), metadata={"description": "UTC day"})
+    to = fields.String(validate=FullMatch(DAY), metadata={"description": "UTC day, inclusive"})
 
 
 class UsageRowSchema(Open):
