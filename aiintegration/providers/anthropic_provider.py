@@ -102,7 +102,7 @@ class AnthropicProvider(Provider, BatchAPI):
                                           max_retries=0, timeout=config.timeout_s)
 
     def _sdk_errors(self) -> AbstractContextManager[None]:
-        return sdk_errors(lambda exc: _translate(exc, self.name))
+        return sdk_errors(lambda exc: _translate(exc, self.name), secret=self.config.api_key)
 
     def _params(self, request: GenerationRequest) -> dict[str, Any]:
         if request.task_type not in self.capabilities:

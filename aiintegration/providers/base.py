@@ -34,15 +34,21 @@ def connection_failure(exc: BaseException) -> str:
 
 
 @contextmanager
-def sdk_errors(translate: Translate) -> Iterator[None]:
+def sdk_errors(translate: Translate, secret: str | None = None) -> Iterator[None]:
     """The boundary where an adapter's SDK exceptions become the error tree (httpx's
-    `map_httpcore_exceptions()` is the model): every SDK call of an adapter runs inside it."""
+    `map_httpcore_exceptions()` is the model): every SDK call of an adapter runs inside it.
+    The provider's message goes into the task's error, which its caller reads: a `secret`
+    (the adapter's API key) a server echoed back in it is masked there."""
     try:
         yield
     except errors.AIIntegrationError:
         raise
     except Exception as exc:  # noqa: BLE001 - translated, or re-raised when it is not the SDK's
-        raise translate(exc) from None
+        error = translate(exc)
+        if secret and secret in error.message:
+            error.message = error.message.replace(secret, "…[redacted]")
+            error.args = (error.message, *error.args[1:])
+        raise error from None
 
 
 @dataclass(frozen=True, slots=True)

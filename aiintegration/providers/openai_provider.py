@@ -38,7 +38,7 @@ REF_KEY = "aii_lane_batch"  # our batch id in the provider batch's metadata: how
 
 
 def _translate(exc: Exception, provider: str) -> errors.AIIntegrationError:
-    """The one place SDK exceptions become ours. SDK messages carry no API key."""
+    """The one place SDK exceptions become ours (`sdk_errors` masks the key a server echoed)."""
     if isinstance(exc, openai.APITimeoutError):
         return errors.ProviderTimeout("the provider did not answer in time", provider=provider)
     if isinstance(exc, openai.APIConnectionError):
@@ -138,7 +138,7 @@ class OpenAIProvider(Provider, BatchAPI):
                                     max_retries=0, timeout=config.timeout_s)
 
     def _sdk_errors(self) -> AbstractContextManager[None]:
-        return sdk_errors(lambda exc: _translate(exc, self.name))
+        return sdk_errors(lambda exc: _translate(exc, self.name), secret=self.config.api_key)
 
     def _messages(self, request: GenerationRequest) -> list[Any]:  # the SDK's message TypedDicts
         system, messages = request.system_and_messages()

@@ -50,7 +50,9 @@ def test_streaming_yields_deltas_then_the_final_message(claude, mode):
                                          (Fault(status=429, retry_after=3), errors.RateLimited),
                                          (Fault(status=400, message="messages: roles must alternate"),
                                           errors.InvalidRequest),
-                                         (Fault(status=401), errors.AuthenticationFailed)])
+                                         (Fault(status=401), errors.AuthenticationFailed),
+                                         (Fault(status=401, message=f"key {KEY} is not valid"),  # echoed back
+                                          errors.AuthenticationFailed)])
 @mode
 def test_faults_map_onto_the_error_tree_without_the_key(claude, fault, error, mode):
     claude[0].script(fault)

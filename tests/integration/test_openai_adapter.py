@@ -100,6 +100,7 @@ def test_a_stop_request_ends_a_slow_stream_quickly(fake, mode):
     (Fault(malformed=True), errors.ProviderUnavailable, True),
     (Fault(status=400, message="max_tokens is too large"), errors.InvalidRequest, False),
     (Fault(status=401, message="Incorrect API key provided"), errors.AuthenticationFailed, False),
+    (Fault(status=401, message=f"key {KEY} is not valid here"), errors.AuthenticationFailed, False),  # echoed back
     (Fault(status=400, code="content_policy_violation", message="rejected"), errors.ContentRejected, False),
 ])
 @mode
@@ -120,6 +121,7 @@ def test_each_fault_maps_onto_the_error_tree_without_the_key(fake, fault, error,
     (Fault(status=503), errors.ProviderUnavailable),
     (Fault(status=400, message="max_tokens is too large"), errors.InvalidRequest),
     (Fault(status=401, message="Incorrect API key provided"), errors.AuthenticationFailed),
+    (Fault(status=400, message=f"max_tokens is too large for {KEY}"), errors.InvalidRequest),  # echoed back
     (Fault(malformed=True), errors.ProviderUnavailable),
 ])
 @mode
