@@ -272,9 +272,10 @@ class BatchStore:
         return [LaneBatch.from_hash(raw) if raw.get("id") else None
                 for raw in cast(list[dict[str, str]], pipe.execute())]
 
-    def live(self, *, limit: int = 1000) -> list[str]:
-        """Batches not ended, oldest first."""
-        return cast(list[str], self.r.zrange(self.keys.lane_live, 0, max(0, limit - 1)))
+    def live(self) -> list[str]:
+        """Batches not ended, oldest first: all of them (ids only; a poll reads their records
+        a page at a time)."""
+        return cast(list[str], self.r.zrange(self.keys.lane_live, 0, -1))
 
     def in_flight(self) -> dict[str, int]:
         """Live batches per provider."""

@@ -210,6 +210,21 @@ def test_cancelling_every_task_of_a_submitted_batch_cancels_it_at_the_provider(l
     assert all(lctx.tasks.get(t).status == "cancelled" and lctx.tasks.get(t).result is None for t in ids)
 
 
+def test_a_poll_reaches_a_batch_behind_a_thousand_older_live_ones(lctx):
+    task = create(lctx, "behind the crowd")
+    collect_batches(lctx)
+    ghosts = {f"ghost-{i}": 0 for i in range(1000)}  # older than any real batch (only the first 1,000 were polled)
+    lctx.tasks.r.zadd(lctx.lane.keys.lane_live, ghosts)
+    try:
+        end = time.monotonic() + 15
+        while lctx.tasks.get(task).status != "succeeded":
+            assert time.monotonic() < end, lctx.tasks.get(task).status
+            time.sleep(0.1)
+            poll_batches(lctx)
+    finally:
+        lctx.tasks.r.zrem(lctx.lane.keys.lane_live, *ghosts)
+
+
 def test_operators_list_batches_newest_first_with_counts(lctx):
     create(lctx, "listed")
     run_lane(lctx)
