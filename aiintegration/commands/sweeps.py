@@ -94,9 +94,9 @@ def _messages_for_queued(ctx: Context) -> tuple[int, set[str]]:
     a few) plus unacked process_task messages of records that are still queued; and the ids
     of those unacked ones."""
     waiting = sum(ctx.broker.depth_by_step())
-    taken = ctx.broker.unacked_process_task_ids()
-    covered = [r.id for r in ctx.tasks.get_many(list(taken)) if r and r.status == S.QUEUED]
-    return waiting + len(covered), set(covered)
+    taken = list(ctx.broker.unacked_process_task_ids())
+    covered = {tid for tid, status in zip(taken, ctx.tasks.statuses(taken), strict=True) if status == S.QUEUED}
+    return waiting + len(covered), covered
 
 
 def _requeue_queued(ctx: Context, *, missing: int, held: set[str], now: float, grace: float,

@@ -35,10 +35,11 @@ class BrokerQueue:
 
     def unacked_process_task_ids(self) -> set[str]:
         """Task ids of process_task messages a worker has taken but not acknowledged
-        (prefetched, running, or waiting to be restored after a crash). The hash is bounded
-        by prefetch x concurrency per worker, so reading it whole is cheap."""
+        (prefetched, running, waiting for their countdown or ETA, or waiting to be restored
+        after a crash). Countdown messages are reserved beyond the prefetch, so the hash can
+        be large: it is read in HSCAN pages, not in one reply."""
         ids: set[str] = set()
-        for raw in self.r.hvals(UNACKED_KEY):
+        for _, raw in self.r.hscan_iter(UNACKED_KEY, count=1000):
             try:
                 message = json.loads(raw)[0]
                 if message.get("headers", {}).get("task") != PROCESS_TASK:

@@ -280,6 +280,16 @@ class TaskStore:
             pipe.hgetall(self.keys.task(tid))
         return [_record(raw) for raw in cast(list[dict[str, str]], pipe.execute())]
 
+    def statuses(self, task_ids: Sequence[str], *, page: int = 1000) -> list[str | None]:
+        """Each task's status (None when it is gone), without reading the records whole."""
+        out: list[str | None] = []
+        for start in range(0, len(task_ids), page):
+            pipe = self.r.pipeline(transaction=False)
+            for tid in task_ids[start:start + page]:
+                pipe.hget(self.keys.task(tid), "status")
+            out += cast(list[str | None], pipe.execute())
+        return out
+
     def _due(self, index: str, *, before: float, limit: int, offset: int = 0) -> list[str]:
         """Members of an index with score ≤ `before`, lowest first (the sweeps' work lists)."""
         return cast(list[str], self.r.zrangebyscore(self.keys.index(index), "-inf", before, start=offset, num=limit))

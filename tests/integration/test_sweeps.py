@@ -287,3 +287,27 @@ def test_the_pending_sweep_sends_no_more_messages_than_are_missing(ctx):
     result = sweeps.process_pending_tasks(dataclasses.replace(at(ctx, 600), publisher=sent))
     assert len(sent.task_ids) == 1 and result["requeued"] == 1
     ctx.tasks.r.delete(broker_lists()[4])
+
+
+def test_a_queued_task_whose_message_a_worker_holds_is_not_sent_again(ctx):
+    """A countdown message sits in kombu's `unacked` hash (reserved beyond the prefetch): it
+    covers its queued record, however many such messages there are (the hash is read in pages)."""
+    import base64
+
+    from aiintegration.store.broker_queue import PROCESS_TASK, UNACKED_KEY
+
+    ctx.tasks.r.flushdb()
+    unsent = dataclasses.replace(ctx, publisher=RecordingPublisher())
+    held = [new_task(unsent) for _ in range(1500)]
+    lost = new_task(unsent)
+
+    def message(task_id):
+        body = base64.b64encode(json.dumps([[], {"task_id": task_id}, {}]).encode()).decode()
+        return json.dumps([{"headers": {"task": PROCESS_TASK}, "body": body,
+                            "properties": {"body_encoding": "base64"}}, "", "celery"])
+
+    ctx.tasks.r.hset(UNACKED_KEY, mapping={f"tag-{i}": message(t) for i, t in enumerate(held)})
+    sent = RecordingPublisher()
+    result = sweeps.process_pending_tasks(dataclasses.replace(at(ctx, 600), publisher=sent))
+    assert sent.task_ids == [lost] and result["requeued"] == 1
+    ctx.tasks.r.delete(UNACKED_KEY)
