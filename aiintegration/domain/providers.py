@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from aiintegration.domain.limits import MAX_API_KEY, MAX_PROVIDER_TIMEOUT_S, MIN_API_KEY, TASK_TYPES
 from aiintegration.domain.quotas import ProviderLimits, limits_from_env, parse_limits
@@ -22,6 +23,20 @@ CONFIG_KEYS = frozenset({"api_key", "base_url", "models", "timeout_s", "enabled"
 KEY_PREFIXES = ("sk-ant-", "sk-proj-", "sk-")
 PREFIX_MIN_KEY = 20  # a shorter key shows no prefix
 TAIL_MIN_KEY = 16  # a shorter key shows no tail either
+
+
+def redact_url(url: str | None) -> str | None:
+    """A base_url as callers may see it: a login (`user:pass@`) or query string some
+    OpenAI-compatible endpoints put credentials in is reduced to `…`."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rsplit("@", 1)[-1]
+    except ValueError:
+        return "…"
+    netloc = f"…@{host}" if "@" in parts.netloc else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
 
 
 def redact_key(key: str | None) -> str | None:
@@ -63,13 +78,14 @@ class ProviderConfig:
                 "extra": dict(self.extra), "limits": dict(self.limits)}
 
     def public(self) -> dict[str, Any]:
-        """The config as callers may see it: the key reduced to `sk-…abcd`."""
+        """The config as callers may see it: the key reduced to `sk-…abcd`, credentials in
+        the base_url to `…`."""
         return {
             "name": self.name,
             "kind": self.kind,
             "enabled": self.enabled,
             "models": dict(self.models),
-            "base_url": self.base_url,
+            "base_url": redact_url(self.base_url),
             "api_key": redact_key(self.api_key),
             "timeout_s": self.timeout_s,
             "limits": self.rate_limits.to_dict(),

@@ -72,3 +72,18 @@ def test_a_chat_request_with_a_few_bad_messages_lists_each_of_them():
     with pytest.raises(ValidationError) as caught:
         validate_submission(task_type="chat_completion", request_content={"messages": messages}, requested_by="svc")
     assert sorted(caught.value.details) == ["request_content.messages[1]", "request_content.messages[2]"]
+
+
+@pytest.mark.parametrize("url,shown", [
+    ("https://api.example.com/v1", "https://api.example.com/v1"),
+    ("https://user:s3cret@llm.example.com/v1", "https://…@llm.example.com/v1"),
+    ("https://llm.example.com/v1?api-key=s3cret&x=1", "https://llm.example.com/v1?…"),
+    ("http://[zz]/v1", "…"),
+    (None, None),
+])
+def test_a_base_url_shows_no_credentials(url, shown):
+    from aiintegration.domain.providers import ProviderConfig, redact_url
+
+    assert redact_url(url) == shown
+    if url:
+        assert ProviderConfig("p", "openai_compatible", base_url=url).public()["base_url"] == shown
