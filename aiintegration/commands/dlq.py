@@ -76,7 +76,8 @@ def review(ctx: Context, task_id: str, note: Any, review_state: Any = "manual_re
     entry = get_entry(ctx, task_id, caller)
     entry["notes"] = [*entry.get("notes", []), {"at": iso(ctx.clock()), "note": note.strip()}]
     entry["review_state"] = review_state
-    ctx.dlq.put(entry)
+    if not ctx.dlq.put(entry):
+        raise NotFound(f"no DLQ entry for task {task_id}")  # replayed or discarded meanwhile
     return entry
 
 

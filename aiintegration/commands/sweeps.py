@@ -211,8 +211,7 @@ def process_dead_letter_queue(ctx: Context, *, limit: int = 500, budget_s: float
                 retry_task(ctx, task_id, f"automatic DLQ retry {auto_retries + 1} of {MAX_AUTO_RETRIES}")
                 retried += 1
             else:
-                ctx.dlq.put({**entry, "review_state": "manual_review"})
-                reviewed += 1
+                reviewed += ctx.dlq.put({**entry, "review_state": "manual_review"})  # unless it left meanwhile
         if len(rows) < limit:
             break
         after = (rows[-1][1], rows[-1][0])

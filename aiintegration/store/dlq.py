@@ -17,6 +17,13 @@ from aiintegration.store.keys import Keys
 
 DlqEntry = dict[str, Any]
 
+# KEYS: the DLQ hash. ARGV: task id, entry. Rewrites an entry only while it is there.
+_PUT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 
 class DlqStore:
     def __init__(self, client: redis.Redis, *, keys: Keys):
@@ -24,6 +31,7 @@ class DlqStore:
         self.keys = keys
         self.index = keys.index("dlq")  # entries waiting for a decision
         self.kept = keys.index("dlq_kept")  # every entry, by arrival: the retention sweep's list
+        self._put = client.register_script(_PUT)
 
     def get(self, task_id: str) -> DlqEntry | None:
         raw = cast(str | None, self.r.hget(self.keys.dlq, task_id))
@@ -35,9 +43,10 @@ class DlqStore:
         raws = cast(list[str | None], self.r.hmget(self.keys.dlq, list(task_ids)))
         return [json.loads(raw) if raw else None for raw in raws]
 
-    def put(self, entry: DlqEntry) -> None:
-        """Rewrite an entry (notes, review state); its place in the queue is unchanged."""
-        self.r.hset(self.keys.dlq, entry["task_id"], dumps(entry))
+    def put(self, entry: DlqEntry) -> bool:
+        """Rewrite an entry (notes, review state); its place in the queue is unchanged. An
+        entry that left the queue meanwhile (replayed, discarded) is not written back: False."""
+        return bool(self._put(keys=[self.keys.dlq], args=[entry["task_id"], dumps(entry)]))
 
     def remove(self, task_id: str) -> None:
         """The entry leaves the DLQ for good (replayed, discarded, past its retention)."""

@@ -311,3 +311,18 @@ def test_a_queued_task_whose_message_a_worker_holds_is_not_sent_again(ctx):
     result = sweeps.process_pending_tasks(dataclasses.replace(at(ctx, 600), publisher=sent))
     assert sent.task_ids == [lost] and result["requeued"] == 1
     ctx.tasks.r.delete(UNACKED_KEY)
+
+
+def test_a_review_of_an_entry_replayed_meanwhile_does_not_bring_it_back(ctx):
+    import pytest
+
+    from aiintegration.commands import dlq
+    from aiintegration.errors import NotFound
+
+    task_id = dead_lettered(ctx, InvalidRequest("bad prompt", provider="local"))
+    entry = ctx.dlq.get(task_id)
+    dlq.replay(ctx, task_id, "fixed")  # the entry leaves the DLQ
+    assert ctx.dlq.put({**entry, "review_state": "manual_review"}) is False  # a write racing the replay
+    assert ctx.dlq.get(task_id) is None
+    with pytest.raises(NotFound):
+        dlq.review(ctx, task_id, "too late")
