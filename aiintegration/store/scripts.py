@@ -234,8 +234,10 @@ if ARGV[13] == '1' then
   if bd and bd ~= '' then  -- a reservation made at submission (a record without one holds '')
     for _, window in ipairs({'day:' .. bd, 'month:' .. bm}) do
       local rkey = p .. ':budget:' .. tenant .. ':' .. window
-      redis.call('HINCRBYFLOAT', rkey, 'cost', -(tonumber(bc) or 0))
-      redis.call('HINCRBYFLOAT', rkey, 'tokens', -(tonumber(bt) or 0))
+      if redis.call('EXISTS', rkey) == 1 then  -- a window that ended took its reservations with it
+        redis.call('HINCRBYFLOAT', rkey, 'cost', -(tonumber(bc) or 0))
+        redis.call('HINCRBYFLOAT', rkey, 'tokens', -(tonumber(bt) or 0))
+      end
     end
     redis.call('HDEL', KEYS[1], 'budget_cost', 'budget_tokens', 'budget_day', 'budget_month')
   end

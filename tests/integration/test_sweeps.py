@@ -326,3 +326,17 @@ def test_a_review_of_an_entry_replayed_meanwhile_does_not_bring_it_back(ctx):
     assert ctx.dlq.get(task_id) is None
     with pytest.raises(NotFound):
         dlq.review(ctx, task_id, "too late")
+
+
+def test_a_task_ending_after_its_budget_window_ended_leaves_no_reservation_behind(ctx):
+    from aiintegration.domain.submission import validate_submission
+
+    sub = validate_submission(task_type="text_generation", request_content={"prompt": "x"}, requested_by="svc",
+                              default_timeout_s=300, max_timeout_s=3600, default_max_retries=3)
+    sub = dataclasses.replace(sub, tenant="late", budget=(0.5, 100, "2026-11-29", "2026-11"))
+    task_id, _, _ = ctx.tasks.create(sub)
+    keys = [ctx.tasks.keys.budget_reserved("late", w, k) for w, k in (("day", "2026-11-29"), ("month", "2026-11"))]
+    ctx.tasks.r.hset(keys[1], mapping={"cost": 0.5, "tokens": 100})  # the month still holds it; the day ended
+    assert ctx.tasks.transition(task_id, to="cancelled", allowed_from=["queued"], events=[("task.cancelled", {})])[0]
+    assert not ctx.tasks.r.exists(keys[0])  # not made again, negative and without a TTL
+    assert float(ctx.tasks.r.hget(keys[1], "cost")) == 0
