@@ -13,6 +13,7 @@ from aiintegration.errors import PayloadTooLarge, ValidationError
 
 CONTEXT_TOKENS = 8000  # history budget; the oldest turns go first, the system context stays
 HISTORY_TAIL = 400  # messages read for an answer at most: the trimming below keeps fewer
+HISTORY_KEPT = 1000  # messages a session keeps (and GET shows): older ones are dropped as new ones come
 CHARS_PER_TOKEN = 4
 CHAT_PRIORITY = 8
 Context = dict[str, Any] | str

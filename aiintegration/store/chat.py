@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import redis
 
+from aiintegration.domain.chat import HISTORY_KEPT
 from aiintegration.domain.records import dumps, iso
 from aiintegration.store import streams
 from aiintegration.store.keys import Keys
@@ -73,7 +74,14 @@ class ChatStore:
             k: dumps(v) if k in JSON_FIELDS else ("" if v is None else v) for k, v in fields.items()})
 
     def append_message(self, session_id: str, message: dict[str, Any]) -> None:
-        self.r.rpush(self.keys.chat_messages(session_id), dumps(message))
+        pipe = self.r.pipeline()
+        self._append(pipe, session_id, message)
+        pipe.execute()
+
+    def _append(self, pipe: Any, session_id: str, message: dict[str, Any]) -> None:
+        """The message joins the history, which keeps its latest HISTORY_KEPT."""
+        pipe.rpush(self.keys.chat_messages(session_id), dumps(message))
+        pipe.ltrim(self.keys.chat_messages(session_id), -HISTORY_KEPT, -1)
 
     def history(self, session_id: str, *, last: int | None = None) -> list[dict[str, Any]]:
         """The messages, oldest first; with `last`, only that many of the latest."""
@@ -84,7 +92,7 @@ class ChatStore:
         """The assistant's answer joins the history; the session's stats count the turn."""
         key = self.keys.chat(session_id)
         pipe = self.r.pipeline()
-        pipe.rpush(self.keys.chat_messages(session_id), dumps(message))
+        self._append(pipe, session_id, message)
         pipe.hincrby(key, "messages", 2)
         pipe.hincrby(key, "tokens_in", tokens_in)
         pipe.hincrby(key, "tokens_out", tokens_out)

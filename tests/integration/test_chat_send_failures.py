@@ -103,3 +103,13 @@ def test_a_deeply_nested_context_becomes_a_compact_system_prompt(cctx):
     assert system["role"] == "system" and json.loads(system["content"]) == context
     assert len(system["content"]) == len(json.dumps(context, separators=(",", ":")))
     assert [m["content"] for m in cctx.chats.history(session["id"])] == ["what is inside?"]
+
+
+def test_a_session_keeps_its_latest_messages_only(ctx):
+    from aiintegration.domain.chat import HISTORY_KEPT
+
+    session = start_chat_session(ctx, "u", "i", {"about": "a long talk"})
+    for i in range(HISTORY_KEPT + 5):
+        ctx.chats.append_message(session["id"], {"message_id": str(i), "role": "user", "content": f"m{i}"})
+    kept = ctx.chats.history(session["id"])
+    assert len(kept) == HISTORY_KEPT and kept[0]["content"] == "m5" and kept[-1]["content"] == f"m{HISTORY_KEPT + 4}"
