@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from aiintegration.commands.context import Context
 from aiintegration.domain.quotas import RateLimits, ask_again_after
 from aiintegration.domain.records import TaskRecord, iso
+from aiintegration.domain.states import TaskStatus
 from aiintegration.errors import RateLimited
 from aiintegration.providers.base import Generation, GenerationRequest, Provider
 from aiintegration.store.metrics import counter
@@ -115,6 +116,8 @@ def throttle(ctx: Context, record: TaskRecord, refusal: Refusal) -> str:
         ctx.tasks.defer(record.id, until=now + countdown)
     else:
         ctx.enqueue(record.id, record.priority, countdown, attempt=record.attempts + 1, route=record.route)
+        if record.status == TaskStatus.RETRYING:  # its message is out: not due for the pending sweep before
+            ctx.tasks.retry_resent(record.id, now=now + countdown)
     return "throttled"
 
 

@@ -7,6 +7,8 @@ import dataclasses
 import json
 import time
 
+import pytest
+
 from aiintegration.commands import sweeps
 from aiintegration.commands.create import create_generation_task
 from aiintegration.commands.failures import handle_failure
@@ -314,8 +316,6 @@ def test_a_queued_task_whose_message_a_worker_holds_is_not_sent_again(ctx):
 
 
 def test_a_review_of_an_entry_replayed_meanwhile_does_not_bring_it_back(ctx):
-    import pytest
-
     from aiintegration.commands import dlq
     from aiintegration.errors import NotFound
 
@@ -340,3 +340,20 @@ def test_a_task_ending_after_its_budget_window_ended_leaves_no_reservation_behin
     assert ctx.tasks.transition(task_id, to="cancelled", allowed_from=["queued"], events=[("task.cancelled", {})])[0]
     assert not ctx.tasks.r.exists(keys[0])  # not made again, negative and without a TTL
     assert float(ctx.tasks.r.hget(keys[1], "cost")) == 0
+
+
+def test_a_retry_throttled_by_a_quota_is_not_due_for_the_pending_sweep_before_its_message(ctx):
+    from aiintegration.commands.quotas import Refusal, throttle
+    from aiintegration.store.quotas import Admission
+
+    ctx.tasks.r.flushdb()
+    task_id = retrying_task(ctx)
+    sent = RecordingPublisher()
+    refusal = Refusal("local", "default", Admission(admitted=False, reservation="", wait_s=20.0, reason="requests"))
+    assert throttle(dataclasses.replace(ctx, publisher=sent), ctx.tasks.get(task_id), refusal) == "throttled"
+    assert sent.task_ids == [task_id]  # its message comes back in 20 s
+    due_at = ctx.tasks.r.zscore("aii:idx:retry", task_id)
+    assert due_at == pytest.approx(time.time() + 20, abs=5)  # not at its first retry time: no second message
+    swept = RecordingPublisher()
+    sweeps.process_pending_tasks(dataclasses.replace(at(ctx, ctx.settings.pending_grace_s + 5), publisher=swept))
+    assert swept.task_ids == []
