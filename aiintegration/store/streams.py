@@ -13,11 +13,12 @@ from typing import Any, cast
 
 import redis
 
+from aiintegration.domain.events import MAX_ID_PART
 from aiintegration.store.keys import Keys
 
 log = logging.getLogger(__name__)
 Rows = list[tuple[str, dict[str, str]]]
-LAST_STREAM_ID = (2**64 - 1, 2**64 - 1)  # two unsigned 64-bit numbers
+LAST_STREAM_ID = (MAX_ID_PART, MAX_ID_PART)
 
 
 def stream_id_key(value: str) -> tuple[int, int]:
