@@ -73,10 +73,11 @@ def review(ctx: Context, task_id: str, note: Any, review_state: Any = "manual_re
         raise ValidationError("a note is required", details={"note": f"1 to {MAX_NOTE} characters"})
     if review_state not in REVIEW_STATES:
         raise ValidationError("invalid review_state", details={"review_state": " or ".join(REVIEW_STATES)})
-    entry = get_entry(ctx, task_id, caller)
-    entry["notes"] = [*entry.get("notes", []), {"at": iso(ctx.clock()), "note": note.strip()}]
-    entry["review_state"] = review_state
-    if not ctx.dlq.put(entry):
+    get_entry(ctx, task_id, caller)
+    added = {"at": iso(ctx.clock()), "note": note.strip()}
+    entry = ctx.dlq.update(task_id, lambda e: {**e, "notes": [*e.get("notes", []), added],
+                                                "review_state": review_state})
+    if entry is None:
         raise NotFound(f"no DLQ entry for task {task_id}")  # replayed or discarded meanwhile
     return entry
 

@@ -48,6 +48,22 @@ class DlqStore:
         entry that left the queue meanwhile (replayed, discarded) is not written back: False."""
         return bool(self._put(keys=[self.keys.dlq], args=[entry["task_id"], dumps(entry)]))
 
+    def update(self, task_id: str, change: Callable[[DlqEntry], DlqEntry]) -> DlqEntry | None:
+        """Rewrite an entry from what it is now (`change` of the stored entry), retried when
+        another writer changed the DLQ between the read and the write, so two notes added at
+        once both stay. None when the entry is not (or no longer) there."""
+        written: list[DlqEntry | None] = [None]
+
+        def attempt(pipe: redis.client.Pipeline) -> None:
+            raw = cast(str | None, pipe.hget(self.keys.dlq, task_id))
+            written[0] = None if raw is None else change(json.loads(raw))
+            if written[0] is not None:
+                pipe.multi()
+                pipe.hset(self.keys.dlq, task_id, dumps(written[0]))
+
+        self.r.transaction(attempt, self.keys.dlq)
+        return written[0]
+
     def remove(self, task_id: str) -> None:
         """The entry leaves the DLQ for good (replayed, discarded, past its retention)."""
         pipe = self.r.pipeline()

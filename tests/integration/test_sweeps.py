@@ -357,3 +357,19 @@ def test_a_retry_throttled_by_a_quota_is_not_due_for_the_pending_sweep_before_it
     swept = RecordingPublisher()
     sweeps.process_pending_tasks(dataclasses.replace(at(ctx, ctx.settings.pending_grace_s + 5), publisher=swept))
     assert swept.task_ids == []
+
+
+def test_two_notes_added_to_a_dlq_entry_at_once_both_stay(ctx):
+    from aiintegration.commands import dlq
+
+    task_id = dead_lettered(ctx, InvalidRequest("bad prompt", provider="local"))
+    calls = []
+
+    def add_mine(entry):
+        calls.append(1)
+        if len(calls) == 1:  # another operator's note lands between this read and this write
+            dlq.review(ctx, task_id, "theirs")
+        return {**entry, "notes": [*entry.get("notes", []), {"note": "mine"}]}
+
+    ctx.dlq.update(task_id, add_mine)
+    assert [n["note"] for n in ctx.dlq.get(task_id)["notes"]] == ["theirs", "mine"] and len(calls) == 2
