@@ -86,15 +86,30 @@ def send_chat_message(ctx: Context, session_id: str, message: Any, include_conte
         ctx, caller=Caller(session.get("tenant") or "default", caller.role), task_type="chat_completion",
         request_content={"messages": trimmed(context_text(context), history)}, requested_by=f"chat:{session_id}",
         priority=CHAT_PRIORITY, options={"stream": True}, chat=(session_id, message_id), enqueue=False)
-    ctx.chats.append_message(session_id, turn)
-    ctx.chats.update(session_id, inflight_task=task_id, **({"context": context} if include_context is not None else {}))
-    ctx.chats.touch(session_id)
-    ctx.chats.emit(session_id, "chat.message", message_id=message_id, task_id=task_id, role="user")
+    try:
+        ctx.chats.append_message(session_id, turn)
+        ctx.chats.update(session_id, inflight_task=task_id,
+                         **({"context": context} if include_context is not None else {}))
+        ctx.chats.touch(session_id)
+        ctx.chats.emit(session_id, "chat.message", message_id=message_id, task_id=task_id, role="user")
+    except Exception:
+        _withdraw(ctx, task_id)
+        raise
     try:
         ctx.enqueue(task_id, CHAT_PRIORITY, route=Route("chat_completion", None))
     except Exception:  # noqa: BLE001 - the record is stored; the pending sweep enqueues it
         log.exception("enqueue failed; the pending-task sweep will pick the task up", extra={"task_id": task_id})
     return {"message_id": message_id, "task_id": task_id}
+
+
+def _withdraw(ctx: Context, task_id: str) -> None:
+    """The stored answer task of a message that could not be written: cancelled (its budget
+    given back), so it never answers a message the history does not hold. Best effort: if the
+    store is down for this too, the pending sweep sends the task later."""
+    try:
+        cancel_task(ctx, task_id, "its chat message could not be stored")
+    except Exception:  # noqa: BLE001 - the caller raises the first failure
+        log.exception("could not withdraw the answer task of an unstored chat message", extra={"task_id": task_id})
 
 
 def close_chat_session(ctx: Context, session_id: str, close_reason: Any, caller: Caller = TRUSTED) -> dict[str, Any]:

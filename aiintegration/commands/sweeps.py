@@ -21,7 +21,7 @@ from aiintegration.commands.failures import mark_timed_out
 from aiintegration.commands.lifecycle import retry_task
 from aiintegration.domain.batching import LANE
 from aiintegration.domain.states import TaskStatus
-from aiintegration.errors import TaskTimedOut
+from aiintegration.errors import Conflict, NotFound, TaskTimedOut
 
 log = logging.getLogger(__name__)
 S = TaskStatus
@@ -208,7 +208,13 @@ def process_dead_letter_queue(ctx: Context, *, limit: int = 500, budget_s: float
             auto_retries = int(entry.get("auto_retries") or 0)
             if entry["error"].get("retryable") and healthy and auto_retries < MAX_AUTO_RETRIES:
                 ctx.tasks.set_fields(task_id, auto_retries=auto_retries + 1)
-                retry_task(ctx, task_id, f"automatic DLQ retry {auto_retries + 1} of {MAX_AUTO_RETRIES}")
+                try:
+                    retry_task(ctx, task_id, f"automatic DLQ retry {auto_retries + 1} of {MAX_AUTO_RETRIES}")
+                except NotFound:  # its record is gone: the entry has nothing left to retry
+                    ctx.dlq.remove(task_id)
+                    continue
+                except Conflict:  # replayed or retried by hand meanwhile
+                    continue
                 retried += 1
             else:
                 reviewed += ctx.dlq.put({**entry, "review_state": "manual_review"})  # unless it left meanwhile

@@ -191,9 +191,11 @@ if ARGV[12] ~= '' then
 end
 if ttl > 0 then
   retain(p, id, to, tenant, by, string.format('%.17g', tonumber(now) + tonumber(ARGV[15])))
-elseif ttl < 0 then
-  if kept then redis.call('HDEL', KEYS[1], 'expires_at') end  -- kept again: its upkeep entry is stale now
-  redis.call('PERSIST', KEYS[1])  -- a record an earlier version gave a Redis TTL
+elseif ttl < 0 or kept or st == 'dead_lettered' then
+  -- A kept record that moves on (a discarded DLQ entry retried) is kept for good again: its
+  -- upkeep entry is stale now, and a Redis TTL an earlier version gave it goes too.
+  if kept then redis.call('HDEL', KEYS[1], 'expires_at') end
+  redis.call('PERSIST', KEYS[1])
   redis.call('PERSIST', KEYS[2])
 end
 move_status(p, id, st, to, created)
@@ -335,13 +337,14 @@ redis.call('ZREM', index, member)
 return 'expired'
 """
 
-# KEYS: task. ARGV: prefix, ttl, now.
+# KEYS: task. ARGV: prefix, ttl, now, status.
 # The record is kept `ttl` seconds more (_RETAIN), then deleted with its events by the
-# cleanup sweep (a discarded or too old DLQ entry). Returns 1, or 0 if it is gone.
+# cleanup sweep (a discarded or too old DLQ entry). Returns 1, or 0 if it is gone or no
+# longer in `status` (a replay came first).
 RETAIN = _RETAIN + """
 local p, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local id, st, tenant, by = unpack(redis.call('HMGET', KEYS[1], 'id', 'status', 'tenant', 'requested_by'))
-if not id then return 0 end
+if not id or st ~= ARGV[4] then return 0 end
 local kept = string.format('%.17g', now + ttl)
 redis.call('HSET', KEYS[1], 'expires_at', kept)
 retain(p, id, st, tenant, by, kept)

@@ -262,13 +262,14 @@ class TaskStore:
         """A retrying task's message was sent again (the pending sweep): due from `now`."""
         self.r.zadd(self.keys.index("retry"), {task_id: now}, xx=True)
 
-    def start_retention(self, task_id: str, *, ttl_s: float | None = None, now: float | None = None) -> bool:
+    def start_retention(self, task_id: str, *, ttl_s: float | None = None, now: float | None = None,
+                        status: TaskStatus = S.DEAD_LETTERED) -> bool:
         """The record and its events are kept `ttl_s` more (default: the retention period), then
         deleted and dropped from every index by `upkeep` (a discarded or too old DLQ entry).
-        False if it is gone already."""
+        False if it is gone already, or no longer in `status`."""
         ttl = max(1, int(self.retention_s if ttl_s is None else ttl_s))
         now = time.time() if now is None else now
-        return bool(self._retain(keys=[self.keys.task(task_id)], args=[self.keys.prefix, ttl, now]))
+        return bool(self._retain(keys=[self.keys.task(task_id)], args=[self.keys.prefix, ttl, now, str(status)]))
 
     # reads -----------------------------------------------------------------------------
     def get(self, task_id: str) -> TaskRecord | None:
@@ -405,8 +406,9 @@ class TaskStore:
             for outcome in pipe.execute():
                 done[str(outcome)] = done.get(str(outcome), 0) + 1
             visited += len(members)
-        done["expired"] += self._drop_legacy_expired(now=now, limit=limit)
-        done["folded"] += self.compact_listed(before=now - self.compact_after_s, limit=limit)
+        if time.monotonic() - started < budget_s:
+            done["expired"] += self._drop_legacy_expired(now=now, limit=limit)
+            done["folded"] += self.compact_listed(before=now - self.compact_after_s, limit=limit)
         return done
 
     def _drop_legacy_expired(self, *, now: float, limit: int, batch: int = 1000) -> int:

@@ -113,3 +113,25 @@ def test_a_session_keeps_its_latest_messages_only(ctx):
         ctx.chats.append_message(session["id"], {"message_id": str(i), "role": "user", "content": f"m{i}"})
     kept = ctx.chats.history(session["id"])
     assert len(kept) == HISTORY_KEPT and kept[0]["content"] == "m5" and kept[-1]["content"] == f"m{HISTORY_KEPT + 4}"
+
+
+def test_a_message_that_cannot_be_stored_withdraws_its_answer_task(ctx, monkeypatch):
+    session = start_chat_session(ctx, "u", "i", {"about": "mugs"})
+    created = []
+    real_create = ctx.tasks.create
+
+    def create(*args, **kwargs):
+        out = real_create(*args, **kwargs)
+        created.append(out[0])
+        return out
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("redis went away")
+
+    monkeypatch.setattr(ctx.tasks, "create", create)
+    monkeypatch.setattr(ctx.chats, "append_message", broken)
+    with pytest.raises(ConnectionError):
+        send_chat_message(ctx, session["id"], "hello?")
+    [task_id] = created
+    assert ctx.tasks.get(task_id).status == "cancelled"  # it will never answer a message the history lacks
+    assert ctx.chats.history(session["id"]) == []

@@ -373,3 +373,28 @@ def test_two_notes_added_to_a_dlq_entry_at_once_both_stay(ctx):
 
     ctx.dlq.update(task_id, add_mine)
     assert [n["note"] for n in ctx.dlq.get(task_id)["notes"]] == ["theirs", "mine"] and len(calls) == 2
+
+
+def test_a_discarded_entry_retried_later_and_dead_lettered_again_is_kept(ctx):
+    from aiintegration.commands.dlq import discard
+    from aiintegration.commands.lifecycle import retry_task
+
+    task_id = dead_lettered(ctx, InvalidRequest("bad prompt", provider="local"))
+    discard(ctx, task_id)  # kept for the retention period, then deleted
+    retry_task(ctx, task_id, "try once more", delay=30)  # retrying: kept for good again
+    claim = ctx.tasks.claim(task_id, worker_id="w", lease_s=30, max_processing_time=300, now=time.time() + 60)
+    handle_failure(ctx, claim.record, InvalidRequest("bad again", provider="local"), run_id=claim.record.run_id)
+    assert ctx.tasks.get(task_id).status == "dead_lettered" and ctx.dlq.get(task_id) is not None
+    sweeps.cleanup_timed_out_tasks(at(ctx, ctx.settings.retention_s + 10))
+    assert ctx.tasks.get(task_id) is not None  # its new DLQ entry still has its record
+    assert not ctx.tasks.start_retention(task_id, status="queued")  # retention only for the status it expects
+
+
+def test_the_dlq_sweep_carries_on_past_an_entry_whose_record_is_gone(ctx):
+    ctx.tasks.r.flushdb()
+    gone = dead_lettered(ctx, ProviderUnavailable("503", provider="local"))
+    later = dead_lettered(ctx, InvalidRequest("bad prompt", provider="local"))
+    ctx.tasks.r.delete(ctx.tasks.keys.task(gone))
+    result = sweeps.process_dead_letter_queue(ctx)
+    assert result["manual_review"] == 1 and ctx.dlq.get(gone) is None
+    assert ctx.dlq.get(later)["review_state"] == "manual_review"
