@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 from aiintegration.commands.context import Context
-from aiintegration.commands.create import create_generation_task
+from aiintegration.commands.create import create_generation_task, send_created
 from aiintegration.commands.lifecycle import cancel_task, reason_text
 from aiintegration.domain.auth import TRUSTED, Caller
 from aiintegration.domain.chat import (
@@ -95,10 +95,7 @@ def send_chat_message(ctx: Context, session_id: str, message: Any, include_conte
     except Exception:
         _withdraw(ctx, task_id)
         raise
-    try:
-        ctx.enqueue(task_id, CHAT_PRIORITY, route=Route("chat_completion", None))
-    except Exception:  # noqa: BLE001 - the record is stored; the pending sweep enqueues it
-        log.exception("enqueue failed; the pending-task sweep will pick the task up", extra={"task_id": task_id})
+    send_created(ctx, task_id, CHAT_PRIORITY, Route("chat_completion", None))
     return {"message_id": message_id, "task_id": task_id}
 
 

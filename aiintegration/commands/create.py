@@ -91,8 +91,14 @@ def create_generation_task(
     if created and sub.lane_group:  # the batch lane: it waits for a batch, no worker runs it
         admit(ctx, task_id, sub.lane_group)
     elif created and enqueue:
-        try:
-            ctx.enqueue(task_id, sub.priority, route=Route(sub.task_type, sub.options.provider))
-        except Exception:  # noqa: BLE001 - the record is stored; the pending sweep enqueues it
-            log.exception("enqueue failed; the pending-task sweep will pick the task up", extra={"task_id": task_id})
+        send_created(ctx, task_id, sub.priority, Route(sub.task_type, sub.options.provider))
     return task_id, created
+
+
+def send_created(ctx: Context, task_id: str, priority: int, route: Route) -> None:
+    """The first message of a task just stored. A broker that fails now loses nothing: the
+    record is stored, and the pending sweep sends it."""
+    try:
+        ctx.enqueue(task_id, priority, route=route)
+    except Exception:  # noqa: BLE001 - the record is stored; the pending sweep enqueues it
+        log.exception("enqueue failed; the pending-task sweep will pick the task up", extra={"task_id": task_id})

@@ -22,6 +22,7 @@ from aiintegration.commands.lifecycle import retry_task
 from aiintegration.domain.batching import LANE
 from aiintegration.domain.states import TaskStatus
 from aiintegration.errors import Conflict, NotFound, TaskTimedOut
+from aiintegration.store.dlq import DlqEntry
 
 log = logging.getLogger(__name__)
 S = TaskStatus
@@ -188,6 +189,12 @@ def release_deferred_tasks(ctx: Context, *, limit: int = 1000) -> dict[str, Any]
     return {"released": released}
 
 
+def _for_review(entry: DlqEntry) -> DlqEntry:
+    """A new entry the DLQ sweep did not retry: marked for an operator (one an operator
+    decided on meanwhile keeps that decision)."""
+    return {**entry, "review_state": "manual_review"} if entry.get("review_state") == "pending" else entry
+
+
 @_locked("dlq")
 def process_dead_letter_queue(ctx: Context, *, limit: int = 500, budget_s: float = RUN_BUDGET_S) -> dict[str, Any]:
     """Each new (`pending`) DLQ entry: auto-retried when its cause was transient, its
@@ -217,7 +224,9 @@ def process_dead_letter_queue(ctx: Context, *, limit: int = 500, budget_s: float
                     continue
                 retried += 1
             else:
-                reviewed += ctx.dlq.put({**entry, "review_state": "manual_review"})  # unless it left meanwhile
+                # from the entry as stored now: a note added since it was read stays; one that
+                # left the queue meanwhile is not written back
+                reviewed += ctx.dlq.update(task_id, _for_review) is not None
         if len(rows) < limit:
             break
         after = (rows[-1][1], rows[-1][0])

@@ -17,13 +17,6 @@ from aiintegration.store.keys import Keys
 
 DlqEntry = dict[str, Any]
 
-# KEYS: the DLQ hash. ARGV: task id, entry. Rewrites an entry only while it is there.
-_PUT = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
 
 class DlqStore:
     def __init__(self, client: redis.Redis, *, keys: Keys):
@@ -31,7 +24,6 @@ class DlqStore:
         self.keys = keys
         self.index = keys.index("dlq")  # entries waiting for a decision
         self.kept = keys.index("dlq_kept")  # every entry, by arrival: the retention sweep's list
-        self._put = client.register_script(_PUT)
 
     def get(self, task_id: str) -> DlqEntry | None:
         raw = cast(str | None, self.r.hget(self.keys.dlq, task_id))
@@ -43,15 +35,11 @@ class DlqStore:
         raws = cast(list[str | None], self.r.hmget(self.keys.dlq, list(task_ids)))
         return [json.loads(raw) if raw else None for raw in raws]
 
-    def put(self, entry: DlqEntry) -> bool:
-        """Rewrite an entry (notes, review state); its place in the queue is unchanged. An
-        entry that left the queue meanwhile (replayed, discarded) is not written back: False."""
-        return bool(self._put(keys=[self.keys.dlq], args=[entry["task_id"], dumps(entry)]))
-
     def update(self, task_id: str, change: Callable[[DlqEntry], DlqEntry]) -> DlqEntry | None:
         """Rewrite an entry from what it is now (`change` of the stored entry), retried when
         another writer changed the DLQ between the read and the write, so two notes added at
-        once both stay. None when the entry is not (or no longer) there."""
+        once both stay; an entry that left the queue is not written back. None when the entry
+        is not (or no longer) there."""
         written: list[DlqEntry | None] = [None]
 
         def attempt(pipe: redis.client.Pipeline) -> None:

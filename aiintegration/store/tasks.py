@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -392,12 +392,8 @@ class TaskStore:
         indexes earlier versions kept (`_drop_legacy_expired`, `compact_listed`).
         Returns the visits by outcome: folded, expired, stale."""
         done: dict[str, int] = {"folded": 0, "expired": 0, "stale": 0}
-        key, started = self.keys.index("upkeep"), time.monotonic()
-        visited = 0
-        while visited < limit and time.monotonic() - started < budget_s:
-            members = cast(list[str], self.r.zrangebyscore(key, "-inf", now, start=0, num=min(batch, limit - visited)))
-            if not members:
-                break
+        until = time.monotonic() + budget_s
+        for members in self._batches("upkeep", before=now, limit=limit, batch=batch, until=until):
             pipe = self.r.pipeline(transaction=False)
             for member in members:
                 task_id = member.split("|", 1)[0]
@@ -405,20 +401,28 @@ class TaskStore:
                              args=[self.keys.prefix, member, now], client=pipe)
             for outcome in pipe.execute():
                 done[str(outcome)] = done.get(str(outcome), 0) + 1
-            visited += len(members)
-        if time.monotonic() - started < budget_s:
-            done["expired"] += self._drop_legacy_expired(now=now, limit=limit)
-            done["folded"] += self.compact_listed(before=now - self.compact_after_s, limit=limit)
+        done["expired"] += self._drop_legacy_expired(now=now, limit=limit, until=until)
+        done["folded"] += self.compact_listed(before=now - self.compact_after_s, limit=limit, until=until)
         return done
 
-    def _drop_legacy_expired(self, *, now: float, limit: int, batch: int = 1000) -> int:
+    def _batches(self, index: str, *, before: float, limit: int, batch: int,
+                 until: float = float("inf")) -> Iterator[Sequence[str]]:
+        """The members of `index` due by `before`, a batch at a time, lowest first: for work
+        that takes each batch off the index (or re-scores it past `before`). Ends when none is
+        due, after `limit` members, or at `until` (time.monotonic())."""
+        seen = 0
+        while seen < limit and time.monotonic() < until:
+            members = self._due(index, before=before, limit=min(batch, limit - seen))
+            if not members:
+                return
+            yield members
+            seen += len(members)
+
+    def _drop_legacy_expired(self, *, now: float, limit: int, until: float) -> int:
         """`idx:expiry`, where versions before `idx:upkeep` listed kept records (which expire by
         a Redis TTL): ids whose retention ran out leave the listing indexes."""
-        key, dropped = self.keys.index("expiry"), 0
-        while dropped < limit:
-            members = cast(list[str], self.r.zrangebyscore(key, "-inf", now, start=0, num=min(batch, limit - dropped)))
-            if not members:
-                break
+        dropped = 0
+        for members in self._batches("expiry", before=now, limit=limit, batch=1000, until=until):
             pipe = self.r.pipeline(transaction=False)
             for member in members:
                 if member.startswith("2|"):
@@ -429,26 +433,21 @@ class TaskStore:
                 pipe.zrem(self.keys.index("tasks"), task_id)
                 pipe.zrem(self.keys.index(f"status:{status}"), task_id)
                 pipe.zrem(self.keys.index(f"by:{requested_by}"), task_id)
-            pipe.zrem(key, *members)
+            pipe.zrem(self.keys.index("expiry"), *members)
             pipe.execute()
             dropped += len(members)
         return dropped
 
-    def compact_listed(self, *, before: float, limit: int = 50000, batch: int = 500) -> int:
+    def compact_listed(self, *, before: float, limit: int = 50000, until: float = float("inf")) -> int:
         """Fold the event streams of the tasks `idx:compact` lists (versions before `idx:upkeep`)
         that finished before `before` into their records."""
-        visited = folded = 0
-        while visited < limit:
-            ids = cast(list[str], self.r.zrangebyscore(self.keys.index("compact"), "-inf", before, start=0,
-                                                       num=min(batch, limit - visited)))
-            if not ids:
-                break
+        folded = 0
+        for ids in self._batches("compact", before=before, limit=limit, batch=500, until=until):
             pipe = self.r.pipeline(transaction=False)
             for task_id in ids:  # each leaves the index (COMPACT)
                 self._compact(keys=[self.keys.task(task_id), self.keys.task_stream(task_id)],
                               args=[self.keys.prefix, task_id], client=pipe)
             folded += sum(int(n) for n in pipe.execute())
-            visited += len(ids)
         return folded
 
     def reader(self, task_id: str) -> StreamReader:

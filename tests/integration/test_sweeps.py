@@ -322,7 +322,7 @@ def test_a_review_of_an_entry_replayed_meanwhile_does_not_bring_it_back(ctx):
     task_id = dead_lettered(ctx, InvalidRequest("bad prompt", provider="local"))
     entry = ctx.dlq.get(task_id)
     dlq.replay(ctx, task_id, "fixed")  # the entry leaves the DLQ
-    assert ctx.dlq.put({**entry, "review_state": "manual_review"}) is False  # a write racing the replay
+    assert ctx.dlq.update(task_id, lambda _: {**entry, "review_state": "manual_review"}) is None  # racing the replay
     assert ctx.dlq.get(task_id) is None
     with pytest.raises(NotFound):
         dlq.review(ctx, task_id, "too late")
